@@ -1,0 +1,80 @@
+// A node of the block graph: a protocol (file, nbd) or a format (raw, qcow2,
+// ...) stacked on one. Every method is thread-safe: tools keep many requests
+// in flight from worker threads. Failures throw kiln::Error.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kiln/block/types.h"
+#include "kiln/common/key_value.h"
+
+namespace kiln::block {
+
+class Node {
+ public:
+  virtual ~Node() = default;
+  Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  virtual std::string_view driver_name() const = 0;
+  // The name the user gave (file name or URI).
+  virtual const std::string& filename() const = 0;
+  // Guest-visible size in bytes.
+  virtual uint64_t size() const = 0;
+  virtual bool read_only() const = 0;
+
+  // Data path. Ranges must lie inside [0, size()); Image checks that.
+  virtual void read(uint64_t offset, std::span<std::byte> buffer) = 0;
+  virtual void write(uint64_t offset, std::span<const std::byte> data, WriteFlags flags = {}) = 0;
+  // Default: writes zero buffers (or ENOTSUP with no_fallback).
+  virtual void write_zeroes(uint64_t offset, uint64_t length, ZeroFlags flags = {});
+  // Advisory: the range's contents become unspecified. Default: nothing.
+  virtual void discard(uint64_t offset, uint64_t length);
+  virtual void flush() = 0;
+  // Default: ENOTSUP.
+  virtual void truncate(uint64_t new_size, Preallocation prealloc, bool allow_shrink);
+
+  // Status of a prefix of [offset, offset+length): never zero-length for a range inside the image.
+  virtual BlockStatus block_status(uint64_t offset, uint64_t length) = 0;
+
+  // Host bytes used by this node and its file children (qemu-img's "disk size"), or -1.
+  virtual int64_t allocated_size() const;
+  // Smallest request alignment the node handles without bouncing (1 = any).
+  virtual uint32_t request_alignment() const { return 1; }
+  // Allocation granularity for conversions (0 = none).
+  virtual uint32_t cluster_size() const { return 0; }
+
+  // Graph.
+  virtual Node* file_child() const { return nullptr; }
+  virtual Node* backing_child() const { return nullptr; }
+  // The backing file name as stored in the image, and its format ("" when none).
+  virtual std::string backing_filename() const { return {}; }
+  virtual std::string backing_format() const { return {}; }
+  // True when the image was left open without a clean close (qcow2 dirty bit).
+  virtual bool dirty() const { return false; }
+
+  // qemu-img info's "Format specific information" (null when none).
+  virtual nlohmann::json format_specific_info() const { return nullptr; }
+
+  // Optional features; defaults throw the error qemu-img prints for them.
+  virtual CheckResult check(CheckRepair repair);
+  virtual bool supports_compressed_writes() const { return false; }
+  virtual void write_compressed(uint64_t offset, std::span<const std::byte> data);
+  virtual std::vector<SnapshotInfo> list_snapshots();
+  virtual void create_snapshot(const std::string& name);
+  virtual void apply_snapshot(const std::string& name_or_id);
+  virtual void delete_snapshot(const std::string& name_or_id);
+  virtual void amend(const KeyValueList& options);
+  virtual void change_backing_file(const std::string& filename, const std::string& format);
+};
+
+}  // namespace kiln::block
