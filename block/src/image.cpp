@@ -48,6 +48,7 @@ std::unique_ptr<Node> open_node(const std::string& filename, const std::string& 
   }
   OpenOptions backing_options = options;
   backing_options.driver_options.clear();
+  backing_options.snapshot.clear();
   OpenContext context{
       .options = options,
       .open_image = [&, depth](const std::string& name, const std::string& backing_format, bool backing_read_only) {

@@ -65,4 +65,8 @@ void Node::change_backing_file(const std::string&, const std::string&) {
   throw Error(ENOTSUP, fmt::format("Image format '{}' does not support backing files", driver_name()));
 }
 
+void Node::make_empty() {
+  throw Error(ENOTSUP, fmt::format("Image format '{}' cannot be emptied", driver_name()));
+}
+
 }  // namespace kiln::block

@@ -84,6 +84,10 @@ class RawDriver final : public FormatDriver {
   int probe(std::span<const std::byte>) const override { return 1; }
 
   std::unique_ptr<Node> open(std::unique_ptr<Node> file, const OpenContext& context) const override {
+    if (!context.options.snapshot.empty()) {
+      throw Error(ENOENT, fmt::format("Could not open '{}': Failed to load snapshot '{}': raw images have no snapshots",
+                                      file->filename(), context.options.snapshot));
+    }
     uint64_t offset = 0;
     std::optional<uint64_t> size;
     for (const auto& [key, value] : context.options.driver_options) {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -32,6 +33,8 @@ struct CreateOptionSpec {
 struct CreateOptions {
   uint64_t size = 0;
   KeyValueList values;  // as given, in order, without "size"
+  // Secrets from --object secret,... by id (encrypt.key-secret refers to one).
+  std::map<std::string, std::string> secrets;
 
   const std::string* find(std::string_view key) const;
   std::string get(std::string_view key, std::string_view fallback = "") const;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,10 @@ struct OpenOptions {
   bool locking = true;        // take qemu-compatible OFD locks
   // Format options such as raw's offset=/size=, and "file.*" for the protocol.
   KeyValueList driver_options;
+  // Internal snapshot to open read-only instead of the active image ("" = none).
+  std::string snapshot;
+  // Secrets from --object secret,id=ID,data=...|file=... by id (for encryption keys).
+  std::map<std::string, std::string> secrets;
 };
 
 // Status of a range through the whole backing chain.

@@ -75,6 +75,9 @@ class Node {
   virtual void delete_snapshot(const std::string& name_or_id);
   virtual void amend(const KeyValueList& options);
   virtual void change_backing_file(const std::string& filename, const std::string& format);
+  // Drops every allocation so the image reads through to its backing file
+  // (qemu-img commit empties the committed image this way). Default: ENOTSUP.
+  virtual void make_empty();
 };
 
 }  // namespace kiln::block

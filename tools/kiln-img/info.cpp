@@ -1,0 +1,164 @@
+// kiln-img info: what an image is — format, sizes, backing chain, snapshots
+// and the format's own details — as qemu-img info prints it.
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "kiln/common/size.h"
+#include "tool.h"
+
+namespace kiln::img {
+namespace {
+
+using ordered_json = nlohmann::ordered_json;
+
+struct InfoArgs {
+  ImageArgs image;
+  std::vector<std::string> objects;
+  std::string output = "human";
+  bool backing_chain = false;
+  std::string filename;
+};
+
+// One image's facts in qemu-img's JSON key order.
+ordered_json node_info(block::Node& node) {
+  ordered_json info;
+  std::vector<block::SnapshotInfo> snapshots = node.list_snapshots();
+  if (!snapshots.empty()) {
+    ordered_json list = ordered_json::array();
+    for (const auto& snapshot : snapshots) list.push_back(snapshot_json(snapshot));
+    info["snapshots"] = list;
+  }
+  const std::string backing = node.backing_filename();
+  if (!backing.empty() && !node.backing_format().empty()) info["backing-filename-format"] = node.backing_format();
+  info["virtual-size"] = node.size();
+  info["filename"] = node.filename();
+  if (node.cluster_size() != 0) info["cluster-size"] = node.cluster_size();
+  info["format"] = std::string(node.driver_name());
+  if (int64_t allocated = node.allocated_size(); allocated >= 0) info["actual-size"] = allocated;
+  if (nlohmann::json specific = node.format_specific_info(); !specific.is_null()) {
+    info["format-specific"] = ordered_json::parse(specific.dump());
+  }
+  if (!backing.empty()) {
+    info["full-backing-filename"] = resolve_backing_name(node.filename(), backing);
+    info["backing-filename"] = backing;
+  }
+  info["dirty-flag"] = node.dirty();
+  return info;
+}
+
+std::string human_value(const ordered_json& value) {
+  if (value.is_string()) return value.get<std::string>();
+  return value.dump();
+}
+
+std::string human_key(std::string key) {
+  std::replace(key.begin(), key.end(), '-', ' ');
+  return key;
+}
+
+// qemu's human rendering of a QAPI object: nested objects and lists indented.
+void print_nested(const ordered_json& value, int indent) {
+  const std::string pad(static_cast<size_t>(indent), ' ');
+  if (value.is_array()) {
+    for (size_t i = 0; i < value.size(); ++i) {
+      fmt::print("{}[{}]:\n", pad, i);
+      print_nested(value[i], indent + 4);
+    }
+    return;
+  }
+  for (const auto& [key, member] : value.items()) {
+    if (member.is_object() || member.is_array()) {
+      fmt::print("{}{}:\n", pad, human_key(key));
+      print_nested(member, indent + 4);
+    } else {
+      fmt::print("{}{}: {}\n", pad, human_key(key), human_value(member));
+    }
+  }
+}
+
+void print_human(block::Node& node, const ordered_json& info) {
+  fmt::print("image: {}\n", node.filename());
+  fmt::print("file format: {}\n", node.driver_name());
+  fmt::print("virtual size: {} ({} bytes)\n", format_size_iec(node.size()), node.size());
+  if (info.contains("actual-size")) {
+    fmt::print("disk size: {}\n", format_size_iec(info["actual-size"].get<uint64_t>()));
+  } else {
+    fmt::print("disk size: unavailable\n");
+  }
+  if (node.cluster_size() != 0) fmt::print("cluster_size: {}\n", node.cluster_size());
+  if (info.contains("backing-filename")) {
+    const std::string backing = info["backing-filename"];
+    const std::string full = info["full-backing-filename"];
+    if (full != backing) {
+      fmt::print("backing file: {} (actual path: {})\n", backing, full);
+    } else {
+      fmt::print("backing file: {}\n", backing);
+    }
+    if (info.contains("backing-filename-format")) {
+      fmt::print("backing file format: {}\n", info["backing-filename-format"].get<std::string>());
+    }
+  }
+  std::vector<block::SnapshotInfo> snapshots = node.list_snapshots();
+  if (!snapshots.empty()) print_snapshot_table(snapshots);
+  if (info.contains("format-specific")) {
+    const ordered_json& specific = info["format-specific"];
+    fmt::print("Format specific information:\n");
+    print_nested(specific.contains("data") ? specific["data"] : specific, 4);
+  }
+}
+
+int run_info(const InfoArgs& args) {
+  const OutputFormat output = parse_output_format(args.output);
+  ImageArgs image_args = args.image;
+  auto secrets = parse_objects(args.objects);
+  std::unique_ptr<block::Image> image;
+  if (args.backing_chain) {
+    image = open_image(args.filename, image_args, true, block::CacheMode::Writeback, secrets);
+  } else {
+    // Without --backing-chain the backing file need not exist, as with qemu-img.
+    block::OpenOptions open;
+    open.format = image_args.format;
+    open.read_only = true;
+    open.force_share = image_args.force_share;
+    open.no_backing = true;
+    open.secrets = secrets;
+    if (image_args.image_opts) {
+      image = open_image(args.filename, image_args, true, block::CacheMode::Writeback, secrets);
+    } else {
+      image = block::Image::open(args.filename, open);
+    }
+  }
+  std::vector<block::Node*> chain{&image->top()};
+  if (args.backing_chain) {
+    while (block::Node* backing = chain.back()->backing_child()) chain.push_back(backing);
+  }
+  ordered_json all = ordered_json::array();
+  for (size_t i = 0; i < chain.size(); ++i) {
+    ordered_json info = node_info(*chain[i]);
+    if (output == OutputFormat::Human) {
+      if (i > 0) fmt::print("\n");
+      print_human(*chain[i], info);
+    }
+    all.push_back(std::move(info));
+  }
+  if (output == OutputFormat::Json) {
+    fmt::print("{}\n", args.backing_chain ? all.dump(4) : all[0].dump(4));
+  }
+  return 0;
+}
+
+}  // namespace
+
+void register_info(CLI::App& app, Runner& runner) {
+  auto args = std::make_shared<InfoArgs>();
+  CLI::App* command = app.add_subcommand("info", "Show facts about an image: info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILENAME");
+  add_image_args(*command, args->image, args->objects);
+  command->add_option("--output", args->output, "Output format: human or json");
+  command->add_flag("--backing-chain", args->backing_chain, "Show every image of the backing chain");
+  command->add_option("-t,--cache", args->image.cache, "Cache mode for the image");
+  command->add_option("filename", args->filename, "Image file")->required();
+  command->callback([&runner, args] { runner = [args] { return run_info(*args); }; });
+}
+
+}  // namespace kiln::img
