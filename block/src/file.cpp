@@ -30,10 +30,8 @@ namespace {
 constexpr off_t kLockPermBase = 100;
 constexpr off_t kLockSharedBase = 200;
 constexpr unsigned kPermissionCount = 4;
-constexpr unsigned kAllPermissions = (1u << kPermissionCount) - 1;
 constexpr const char* kPermissionNames[kPermissionCount] = {"consistent read", "write", "write unchanged", "resize"};
 
-unsigned bit(Permission p) { return 1u << static_cast<unsigned>(p); }
 
 int lock_byte(int fd, off_t offset, short type, int command) {
   struct flock lock {};
@@ -234,6 +232,10 @@ class FileNode final : public Node {
     return status;
   }
 
+  void lock(const LockPermissions& permissions) override {
+    apply_image_lock(fd_.get(), filename_, permissions.take, permissions.share);
+  }
+
   int64_t allocated_size() const override {
     struct stat st {};
     if (fstat(fd_.get(), &st) == -1) return -1;
@@ -344,17 +346,22 @@ std::unique_ptr<Node> open_file(const std::string& filename, const ProtocolOptio
   if (fstat(fd.get(), &st) == 0 && S_ISDIR(st.st_mode)) {
     throw Error(EISDIR, fmt::format("Could not open '{}': Is a directory", filename));
   }
-  if (options.locking) {
-    unsigned perm = bit(Permission::ConsistentRead);
-    unsigned shared = bit(Permission::ConsistentRead) | bit(Permission::WriteUnchanged);
-    if (!options.read_only) perm |= bit(Permission::Write) | bit(Permission::Resize);
-    if (options.force_share) shared = kAllPermissions;
-    apply_image_lock(fd.get(), filename, perm, shared);
-  }
-  return std::make_unique<FileNode>(filename, std::move(fd), options);
+  auto node = std::make_unique<FileNode>(filename, std::move(fd), options);
+  if (options.locking) node->lock(default_lock_permissions(options.read_only, false, options.force_share));
+  return node;
 }
 
 }  // namespace
+
+LockPermissions default_lock_permissions(bool read_only, bool share_writes, bool force_share) {
+  LockPermissions permissions;
+  permissions.take = permission_bit(Permission::ConsistentRead);
+  if (!read_only) permissions.take |= permission_bit(Permission::Write) | permission_bit(Permission::Resize);
+  permissions.share = permission_bit(Permission::ConsistentRead) | permission_bit(Permission::WriteUnchanged);
+  if (read_only && share_writes) permissions.share |= permission_bit(Permission::Write) | permission_bit(Permission::Resize);
+  if (force_share) permissions.share = kAllPermissions;
+  return permissions;
+}
 
 std::unique_ptr<Node> open_protocol(const std::string& filename, const ProtocolOptions& options) {
   return open_file(filename, options);

@@ -22,7 +22,8 @@ std::optional<uint64_t> CreateOptions::get_size(std::string_view key) const {
 namespace {
 
 ProtocolOptions protocol_options(const OpenOptions& options, bool read_only) {
-  return {.read_only = read_only, .cache = options.cache, .force_share = options.force_share, .locking = options.locking, .create = false};
+  // Locks are taken once the format is known (it decides what readers share).
+  return {.read_only = read_only, .cache = options.cache, .force_share = options.force_share, .locking = false, .create = false};
 }
 
 std::unique_ptr<Node> open_node(const std::string& filename, const std::string& format, bool read_only, const OpenOptions& options,
@@ -46,6 +47,7 @@ std::unique_ptr<Node> open_node(const std::string& filename, const std::string& 
                 filename);
     }
   }
+  if (options.locking) file->lock(default_lock_permissions(read_only, driver->readers_share_writes(), options.force_share));
   OpenOptions backing_options = options;
   backing_options.driver_options.clear();
   backing_options.snapshot.clear();

@@ -82,6 +82,7 @@ class RawDriver final : public FormatDriver {
  public:
   std::string_view name() const override { return "raw"; }
   int probe(std::span<const std::byte>) const override { return 1; }
+  bool readers_share_writes() const override { return true; }
 
   std::unique_ptr<Node> open(std::unique_ptr<Node> file, const OpenContext& context) const override {
     if (!context.options.snapshot.empty()) {

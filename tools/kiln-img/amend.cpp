@@ -41,7 +41,7 @@ void register_amend(CLI::App& app, Runner& runner) {
   auto args = std::make_shared<AmendArgs>();
   CLI::App* command = app.add_subcommand("amend", "Change format options: amend [-f FMT] -o OPTIONS FILENAME");
   add_image_args(*command, args->image, args->objects, false);
-  command->add_option("-o,--options", args->options, "Options to change ('-o help' lists them)");
+  command->add_option("-o,--options", args->options, "Options to change ('-o help' lists them)")->allow_extra_args(false);
   command->add_option("-t,--cache", args->image.cache, "Cache mode");
   command->add_flag("-p,--progress", args->progress, "Show progress");
   command->add_flag("-q,--quiet", args->quiet, "Quiet");

@@ -48,6 +48,9 @@ int run_bench(const BenchArgs& args) {
   if (args.depth < 1 || args.depth > 1024) throw invalid_argument("Invalid queue depth specified");
   if (args.pattern < 0 || args.pattern > 255) throw invalid_argument("Invalid pattern byte specified");
   if (args.flush_interval && !args.write) throw invalid_argument("--flush-interval is only available in write tests");
+  if (args.flush_interval && args.flush_interval < static_cast<uint64_t>(args.depth)) {
+    throw invalid_argument("Flush interval can't be smaller than depth");
+  }
   if (!args.aio.empty() && args.aio != "threads" && args.aio != "native" && args.aio != "io_uring") {
     throw invalid_argument("Invalid aio option: {}", args.aio);
   }

@@ -117,7 +117,7 @@ void register_compare(CLI::App& app, Runner& runner) {
   command->add_option("-f,--a-format", args->format1, "Format of the first image");
   command->add_option("-F,--b-format", args->format2, "Format of the second image");
   command->add_option("-T,--cache", args->cache, "Cache mode for both images");
-  command->add_option("--object", args->objects, "Define an object such as secret,id=ID,data=TEXT");
+  command->add_option("--object", args->objects, "Define an object such as secret,id=ID,data=TEXT")->allow_extra_args(false);
   command->add_flag("-p,--progress", args->progress, "Show progress");
   command->add_flag("-q,--quiet", args->quiet, "Quiet: exit code only");
   command->add_flag("-s,--strict", args->strict, "Strict: sizes and allocation must match too");

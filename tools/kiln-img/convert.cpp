@@ -138,7 +138,8 @@ class Converter {
   }
 
   void write_zero_range(uint64_t offset, uint64_t length) {
-    if (target_known_zero_ && !target_has_backing_) return;
+    // -S 0 asks for a fully allocated target, so even known zeroes are written.
+    if (target_known_zero_ && !target_has_backing_ && sparse_size_ != 0) return;
     target_.write_zeroes(offset, length, {.may_unmap = sparse_size_ != 0});
   }
 
@@ -301,8 +302,8 @@ void register_convert(CLI::App& app, Runner& runner) {
   CLI::App* command = app.add_subcommand("convert", "Convert images: convert [-f FMT] [-O FMT] [-o OPTIONS] [-c] [-p] [-S SIZE] [-n] SOURCE... TARGET");
   command->add_option("-f,--format", args->source_format, "Source format (probed when omitted)");
   command->add_option("-O,--output-format", args->target_format, "Target format (default raw)");
-  command->add_option("-o,--options", args->options, "Target format options");
-  command->add_option("--object", args->objects, "Define an object such as secret,id=ID,data=TEXT");
+  command->add_option("-o,--options", args->options, "Target format options")->allow_extra_args(false);
+  command->add_option("--object", args->objects, "Define an object such as secret,id=ID,data=TEXT")->allow_extra_args(false);
   command->add_option("-t,--target-cache", args->target_cache, "Target cache mode (default unsafe)");
   command->add_option("-T,--source-cache", args->source_cache, "Source cache mode (default writeback)");
   command->add_option("-B,--backing", args->backing_file, "Backing file of the target");

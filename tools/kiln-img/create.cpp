@@ -82,8 +82,8 @@ void register_create(CLI::App& app, Runner& runner) {
   command->add_option("-f,--format", args->format, "Image format (default raw)");
   command->add_option("-b,--backing", args->backing_file, "Backing file");
   command->add_option("-F,--backing-format", args->backing_format, "Backing file format");
-  command->add_option("-o,--options", args->options, "Format options key=value,... ('-o help' lists them)");
-  command->add_option("--object", args->objects, "Define an object such as secret,id=ID,data=TEXT");
+  command->add_option("-o,--options", args->options, "Format options key=value,... ('-o help' lists them)")->allow_extra_args(false);
+  command->add_option("--object", args->objects, "Define an object such as secret,id=ID,data=TEXT")->allow_extra_args(false);
   command->add_flag("-q,--quiet", args->quiet, "Print nothing on success");
   command->add_flag("-u,--unsafe", args->unsafe, "Do not open the backing file to verify it");
   command->add_option("filename", args->filename, "Image file to create");

@@ -94,6 +94,9 @@ int run_map(const MapArgs& args) {
     }
     offset += status.length;
   }
+  if (!pending && output == OutputFormat::Json) {
+    pending = MapEntry{.start = *start};  // qemu-img lists an empty range as one entry
+  }
   if (pending) emit(*pending);
   if (output == OutputFormat::Json) fmt::print("{}]\n", first ? "[" : "");
   return 0;

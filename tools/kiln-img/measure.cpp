@@ -73,7 +73,7 @@ void register_measure(CLI::App& app, Runner& runner) {
   add_image_args(*command, args->image, args->objects);
   command->add_option("--output", args->output, "Output format: human or json");
   command->add_option("-O,--output-format", args->target_format, "Format of the new image (default raw)");
-  command->add_option("-o,--options", args->options, "Options of the new image");
+  command->add_option("-o,--options", args->options, "Options of the new image")->allow_extra_args(false);
   command->add_option("--size", args->size, "Measure an empty image of this size");
   command->add_option("-l,--snapshot", args->snapshot, "Measure a snapshot of the source");
   command->add_option("filename", args->filenames, "Source image");

@@ -39,10 +39,8 @@ int run_resize(const ResizeArgs& args) {
     if (*amount > current) throw invalid_argument("New image size must be positive");
     target = current - *amount;
   }
-  if (target < current && !args.shrink) throw invalid_argument("Use the --shrink option to perform a shrink operation.");
-  if (target < current && image->format() == "raw") {
-    fmt::print(stderr, "kiln-img: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing "
-                       "such an operation, make sure there is no important data there.\n");
+  if (target < current && !args.shrink) {
+    throw invalid_argument("Use the --shrink option to perform a shrink operation (shrinking deletes all data beyond the new end).");
   }
   try {
     image->truncate(target, *prealloc, args.shrink);

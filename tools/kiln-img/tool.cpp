@@ -100,7 +100,7 @@ void add_image_args(CLI::App& command, ImageArgs& args, std::vector<std::string>
   command.add_option("-f,--format", args.format, "Image format (probed when omitted)");
   if (with_force_share) command.add_flag("-U,--force-share", args.force_share, "Open the image read-only without taking its lock exclusively");
   command.add_flag("--image-opts", args.image_opts, "Treat the file name as an option string (driver=...,file.filename=...)");
-  command.add_option("--object", objects, "Define an object such as secret,id=ID,data=TEXT");
+  command.add_option("--object", objects, "Define an object such as secret,id=ID,data=TEXT")->allow_extra_args(false);
 }
 
 }  // namespace kiln::img

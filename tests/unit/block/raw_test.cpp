@@ -212,20 +212,44 @@ TEST_F(RawTest, MisalignedConcurrentWritesWithCacheNone) {
   }
 }
 
-TEST_F(RawTest, WriterLockExcludesSecondWriterAndReader) {
+TEST_F(RawTest, WriterLockExcludesSecondWriter) {
   std::string file = create_raw("a.raw", 1 << 20);
   auto writer = Image::open(file, {.format = "raw"});
   EXPECT_THROW(Image::open(file, {.format = "raw"}), Error);
-  EXPECT_THROW(Image::open(file, {.format = "raw", .read_only = true}), Error);
-  // -U readers may look.
-  EXPECT_NO_THROW(Image::open(file, {.format = "raw", .read_only = true, .force_share = true}));
+  // Raw readers hold no metadata, so (as with qemu) they may read alongside a writer.
+  EXPECT_NO_THROW(Image::open(file, {.format = "raw", .read_only = true}));
 }
 
-TEST_F(RawTest, ReadersShare) {
+TEST_F(RawTest, ReadersDoNotBlockWriters) {
   std::string file = create_raw("a.raw", 1 << 20);
   auto first = Image::open(file, {.format = "raw", .read_only = true});
   EXPECT_NO_THROW(Image::open(file, {.format = "raw", .read_only = true}));
-  EXPECT_THROW(Image::open(file, {.format = "raw"}), Error);
+  EXPECT_NO_THROW(Image::open(file, {.format = "raw"}));
+}
+
+TEST_F(RawTest, LockBytesFollowQemuLayout) {
+  std::string file = create_raw("a.raw", 1 << 20);
+  auto writer = Image::open(file, {.format = "raw"});
+  // A writer holds "uses write" (101) and "does not share write" (201) as shared OFD locks.
+  int fd = ::open(file.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  for (off_t byte : {100, 101, 103, 201, 203}) {
+    struct flock probe {};
+    probe.l_type = F_WRLCK;
+    probe.l_whence = SEEK_SET;
+    probe.l_start = byte;
+    probe.l_len = 1;
+    ASSERT_EQ(fcntl(fd, F_OFD_GETLK, &probe), 0);
+    EXPECT_EQ(probe.l_type, F_RDLCK) << "byte " << byte;
+  }
+  struct flock free_byte {};
+  free_byte.l_type = F_WRLCK;
+  free_byte.l_whence = SEEK_SET;
+  free_byte.l_start = 200;
+  free_byte.l_len = 1;
+  ASSERT_EQ(fcntl(fd, F_OFD_GETLK, &free_byte), 0);
+  EXPECT_EQ(free_byte.l_type, F_UNLCK);
+  ::close(fd);
 }
 
 }  // namespace

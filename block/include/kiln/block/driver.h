@@ -68,6 +68,9 @@ class FormatDriver {
   // Size needed for an image of `size` bytes whose source data occupies `allocated` bytes.
   virtual MeasureResult measure(uint64_t size, uint64_t allocated, const CreateOptions& options) const = 0;
   virtual bool supports_backing() const { return false; }
+  // Whether read-only users let others write the file underneath (true for raw,
+  // whose readers hold no metadata; false for formats with cached metadata).
+  virtual bool readers_share_writes() const { return false; }
 };
 
 // All formats, in probing order.

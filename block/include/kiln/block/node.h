@@ -17,6 +17,10 @@
 #include "kiln/common/key_value.h"
 
 namespace kiln::block {
+struct LockPermissions;
+}
+
+namespace kiln::block {
 
 class Node {
  public:
@@ -78,6 +82,10 @@ class Node {
   // Drops every allocation so the image reads through to its backing file
   // (qemu-img commit empties the committed image this way). Default: ENOTSUP.
   virtual void make_empty();
+
+  // Takes qemu-compatible image locks on protocol nodes (a no-op elsewhere);
+  // throws when another process holds a conflicting lock.
+  virtual void lock(const LockPermissions&) {}
 };
 
 }  // namespace kiln::block
