@@ -146,7 +146,9 @@ ChainStatus Image::chain_status(uint64_t offset, uint64_t length) {
 CreateOptions parse_create_options(const FormatDriver& driver, std::string_view text) {
   CreateOptions options;
   const auto specs = driver.create_options();
-  for (auto& [key, value] : parse_key_value_list(text)) {
+  for (auto& entry : parse_key_value_list(text)) {
+    std::string& key = entry.first;
+    std::string& value = entry.second;
     auto spec = std::find_if(specs.begin(), specs.end(), [&](const CreateOptionSpec& s) { return s.name == key; });
     if (spec == specs.end()) throw invalid_argument("Invalid parameter '{}'", key);
     if (spec->type == CreateOptionSpec::Type::Size) {

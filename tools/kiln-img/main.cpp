@@ -23,7 +23,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("-V,--version", "kiln-img version 0.1.0 (compatible with qemu-img 7.2)");
   app.require_subcommand(1);
   app.fallthrough(false);
-  app.footer("Supported formats: raw\nSee kiln-img(1) for every command and option.");
+  std::string formats;
+  for (const kiln::block::FormatDriver* driver : kiln::block::formats()) formats += " " + std::string(driver->name());
+  app.footer("Supported formats:" + formats + "\nSee kiln-img(1) for every command and option.");
 
   Runner runner;
   register_amend(app, runner);
