@@ -55,7 +55,7 @@ int run_commit(const CommitArgs& args) {
     const uint64_t length = std::min(status.length, kChunk);
     const bool above_base = (status.flags & block::kStatusAllocated) && status.depth < base_depth;
     if (above_base) {
-      if ((status.flags & block::kStatusZero) && !(status.flags & block::kStatusData)) {
+      if (block::reads_as_hole(status.flags)) {
         target->write_zeroes(offset, length, {});
       } else {
         auto data = buffer.span().first(length);

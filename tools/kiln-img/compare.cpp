@@ -23,7 +23,7 @@ struct CompareArgs {
 };
 
 bool is_hole(const block::ChainStatus& status) {
-  return (status.flags & block::kStatusZero) && !(status.flags & block::kStatusData);
+  return block::reads_as_hole(status.flags);
 }
 
 // Offset of the first 512-byte sector that differs, if any.

@@ -82,7 +82,7 @@ int run_dd(const DdArgs& args) {
   AlignedBuffer buffer(kChunk);
   for (uint64_t done = 0; done < length;) {
     block::ChainStatus status = input->chain_status(start + done, length - done);
-    const bool hole = (status.flags & block::kStatusZero) && !(status.flags & block::kStatusData);
+    const bool hole = block::reads_as_hole(status.flags);
     const uint64_t step = hole ? status.length : std::min(status.length, kChunk);
     if (!hole) {
       auto data = buffer.span().first(step);

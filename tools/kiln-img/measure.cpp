@@ -24,7 +24,7 @@ uint64_t allocated_bytes(block::Image& image) {
   uint64_t allocated = 0;
   for (uint64_t offset = 0; offset < image.size();) {
     block::ChainStatus status = image.chain_status(offset, image.size() - offset);
-    const bool hole = (status.flags & block::kStatusZero) && !(status.flags & block::kStatusData);
+    const bool hole = block::reads_as_hole(status.flags);
     if (!hole) allocated += status.length;
     offset += status.length;
   }

@@ -33,6 +33,9 @@ enum StatusFlags : uint32_t {
   kStatusOffsetValid = 1u << 3,  // host_offset is meaningful
 };
 
+// Reads as zeroes without stored data: nothing to read or copy.
+inline constexpr bool reads_as_hole(uint32_t flags) { return (flags & kStatusZero) && !(flags & kStatusData); }
+
 struct BlockStatus {
   uint64_t length = 0;  // bytes from the queried offset sharing this status
   uint32_t flags = 0;
