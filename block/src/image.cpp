@@ -132,9 +132,9 @@ ChainStatus Image::chain_status(uint64_t offset, uint64_t length) {
     if ((status.flags & kStatusAllocated) || backing == nullptr) {
       uint32_t flags = status.flags;
       if (!(flags & kStatusAllocated) && backing == nullptr) {
-        // Unallocated at the bottom of the chain: zeroes, present nowhere.
+        // Unallocated at the bottom of the chain: zeroes, present nowhere
+        // (reported at the bottom layer's depth, as qemu-img map does).
         flags = kStatusZero;
-        ++depth;
       }
       return {.length = length, .flags = flags, .depth = depth, .host_offset = status.host_offset, .host_file = status.host_file};
     }

@@ -8,10 +8,12 @@
 namespace kiln::block {
 
 const FormatDriver& raw_driver();
+const FormatDriver& qcow2_driver();
 
 std::span<const FormatDriver* const> formats() {
-  static const std::array<const FormatDriver*, 1> all = {
+  static const std::array<const FormatDriver*, 2> all = {
       &raw_driver(),
+      &qcow2_driver(),
   };
   return all;
 }

@@ -1,5 +1,7 @@
 // kiln-img info: what an image is — format, sizes, backing chain, snapshots
 // and the format's own details — as qemu-img info prints it.
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -20,6 +22,26 @@ struct InfoArgs {
   std::string filename;
 };
 
+// nlohmann::json sorts object keys; put them back in the order the driver
+// names (format_specific_info_order), unlisted keys last.
+ordered_json in_driver_order(const nlohmann::json& value, const std::vector<std::string>& order) {
+  if (value.is_array()) {
+    ordered_json list = ordered_json::array();
+    for (const auto& element : value) list.push_back(in_driver_order(element, order));
+    return list;
+  }
+  if (!value.is_object()) return ordered_json::parse(value.dump());
+  std::vector<std::string> keys;
+  for (const auto& item : value.items()) keys.push_back(item.key());
+  auto rank = [&](const std::string& key) {
+    return static_cast<size_t>(std::find(order.begin(), order.end(), key) - order.begin());
+  };
+  std::stable_sort(keys.begin(), keys.end(), [&](const std::string& a, const std::string& b) { return rank(a) < rank(b); });
+  ordered_json result = ordered_json::object();
+  for (const std::string& key : keys) result[key] = in_driver_order(value.at(key), order);
+  return result;
+}
+
 // One image's facts in qemu-img's JSON key order.
 ordered_json node_info(block::Node& node) {
   ordered_json info;
@@ -36,8 +58,11 @@ ordered_json node_info(block::Node& node) {
   if (node.cluster_size() != 0) info["cluster-size"] = node.cluster_size();
   info["format"] = std::string(node.driver_name());
   if (int64_t allocated = node.allocated_size(); allocated >= 0) info["actual-size"] = allocated;
+  if (node.encrypted()) info["encrypted"] = true;
   if (nlohmann::json specific = node.format_specific_info(); !specific.is_null()) {
-    info["format-specific"] = ordered_json::parse(specific.dump());
+    std::vector<std::string> order = node.format_specific_info_order();
+    order.insert(order.begin(), {"type", "data"});
+    info["format-specific"] = in_driver_order(specific, order);
   }
   if (!backing.empty()) {
     info["full-backing-filename"] = resolve_backing_name(node.filename(), backing);
@@ -87,6 +112,7 @@ void print_human(block::Node& node, const ordered_json& info) {
     fmt::print("disk size: unavailable\n");
   }
   if (node.cluster_size() != 0) fmt::print("cluster_size: {}\n", node.cluster_size());
+  if (node.encrypted()) fmt::print("encrypted: yes\n");
   if (info.contains("backing-filename")) {
     const std::string backing = info["backing-filename"];
     const std::string full = info["full-backing-filename"];

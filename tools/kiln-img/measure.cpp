@@ -41,6 +41,7 @@ int run_measure(const MeasureArgs& args) {
   block::CreateOptions options = block::parse_create_options(*driver, join_options(args.options));
   uint64_t size = 0;
   uint64_t allocated = 0;
+  std::optional<uint64_t> bitmaps;
   if (!args.size.empty()) {
     size = parse_image_size(args.size);
     allocated = size;
@@ -48,10 +49,12 @@ int run_measure(const MeasureArgs& args) {
     auto image = open_image(args.filenames.front(), args.image, true, block::CacheMode::Writeback, parse_objects(args.objects));
     size = image->size();
     allocated = allocated_bytes(*image);
+    bitmaps = driver->measure_bitmaps(image->top(), options);
   }
   options.size = size;
   std::erase_if(options.values, [](const auto& kv) { return kv.first == "size"; });
   block::MeasureResult result = driver->measure(size, allocated, options);
+  if (bitmaps) result.bitmaps = bitmaps;
   if (output == OutputFormat::Json) {
     nlohmann::ordered_json json;
     if (result.bitmaps) json["bitmaps"] = *result.bitmaps;

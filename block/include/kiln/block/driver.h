@@ -67,6 +67,15 @@ class FormatDriver {
   virtual std::string creation_summary(const CreateOptions& options) const;
   // Size needed for an image of `size` bytes whose source data occupies `allocated` bytes.
   virtual MeasureResult measure(uint64_t size, uint64_t allocated, const CreateOptions& options) const = 0;
+  // qemu-img measure's "bitmaps size": bytes this format needs for the
+  // persistent dirty bitmaps of `source` (the source image's top node), or
+  // nullopt when the source or the target cannot hold persistent bitmaps (the
+  // line is then not printed). Default: nullopt.
+  virtual std::optional<uint64_t> measure_bitmaps(const Node& source, const CreateOptions& options) const {
+    (void)source;
+    (void)options;
+    return std::nullopt;
+  }
   virtual bool supports_backing() const { return false; }
   // Whether read-only users let others write the file underneath (true for raw,
   // whose readers hold no metadata; false for formats with cached metadata).

@@ -68,6 +68,13 @@ class Node {
 
   // qemu-img info's "Format specific information" (null when none).
   virtual nlohmann::json format_specific_info() const { return nullptr; }
+  // Key names used in format_specific_info()["data"] and the objects nested in
+  // it, in the order qemu-img prints them (nlohmann::json objects sort their
+  // keys): a printer orders each object's keys by their position in this list,
+  // unlisted keys last. Empty: no particular order.
+  virtual std::vector<std::string> format_specific_info_order() const { return {}; }
+  // True for encrypted images (qemu-img info's "encrypted: yes").
+  virtual bool encrypted() const { return false; }
 
   // Optional features; defaults throw the error qemu-img prints for them.
   virtual CheckResult check(CheckRepair repair);

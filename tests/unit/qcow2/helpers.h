@@ -1,0 +1,111 @@
+// Shared helpers for the qcow2 tests: temp folders, running the real QEMU
+// tools as the oracle, creating/opening images through the block layer.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/block/image.h"
+#include "kiln/common/error.h"
+#include "kiln/common/size.h"
+
+namespace kiln::block::test {
+
+struct CommandResult {
+  int status = 0;
+  std::string output;
+};
+
+inline CommandResult run(const std::string& command) {
+  CommandResult result;
+  std::FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return {-1, "popen failed"};
+  std::array<char, 4096> chunk;
+  size_t n;
+  while ((n = std::fread(chunk.data(), 1, chunk.size(), pipe)) > 0) result.output.append(chunk.data(), n);
+  int status = ::pclose(pipe);
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+// qemu's LUKS PBKDF2 benchmark sometimes fails under CPU load ("Unable to get
+// accurate CPU usage"); such commands are retried.
+inline CommandResult run_retrying(const std::string& command) {
+  CommandResult result;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    result = run(command);
+    if (result.output.find("Unable to get accurate CPU usage") == std::string::npos) break;
+  }
+  return result;
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string templ = (std::filesystem::temp_directory_path() / "kiln-qcow2-XXXXXX").string();
+    path_ = ::mkdtemp(templ.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+inline std::string create_qcow2(const std::string& filename, uint64_t size, const std::string& options = "") {
+  const FormatDriver* driver = find_format("qcow2");
+  CreateOptions parsed = parse_create_options(*driver, options);
+  parsed.size = size;
+  return create_image(filename, "qcow2", parsed);
+}
+
+inline std::unique_ptr<Image> open_image(const std::string& filename, bool read_only = false, KeyValueList driver_options = {}) {
+  OpenOptions options;
+  options.format = "qcow2";
+  options.read_only = read_only;
+  options.driver_options = std::move(driver_options);
+  return Image::open(filename, options);
+}
+
+inline std::vector<std::byte> pattern(size_t size, uint8_t value) { return std::vector<std::byte>(size, std::byte{value}); }
+
+// Expects the real qemu-img check to find nothing wrong.
+inline void expect_qemu_check_clean(const std::string& filename) {
+  CommandResult r = run("qemu-img check -f qcow2 '" + filename + "'");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("No errors were found"), std::string::npos) << r.output;
+}
+
+// Expects qemu-io to read `pattern` at [offset, offset+length).
+inline void expect_qemu_reads(const std::string& filename, uint64_t offset, uint64_t length, uint8_t value) {
+  CommandResult r = run(fmt::format("qemu-io -f qcow2 -r -c 'read -P 0x{:02x} {} {}' '{}'", value, offset, length, filename));
+  EXPECT_EQ(r.status, 0) << "pattern 0x" << std::hex << int(value) << " at " << std::dec << offset << "+" << length << ": " << r.output;
+}
+
+inline void qemu_io(const std::string& filename, const std::string& command) {
+  CommandResult r = run(fmt::format("qemu-io -f qcow2 -c '{}' '{}'", command, filename));
+  ASSERT_EQ(r.status, 0) << command << ": " << r.output;
+}
+
+inline void expect_reads(Image& image, uint64_t offset, uint64_t length, uint8_t value) {
+  std::vector<std::byte> buffer(length);
+  image.read(offset, buffer);
+  for (size_t i = 0; i < length; ++i) {
+    if (buffer[i] != std::byte{value}) {
+      ADD_FAILURE() << "byte " << offset + i << " is " << std::to_integer<int>(buffer[i]) << ", expected " << int(value);
+      return;
+    }
+  }
+}
+
+}  // namespace kiln::block::test
