@@ -21,6 +21,7 @@
 #include "kiln/common/buffer.h"
 #include "kiln/common/error.h"
 #include "kiln/common/fd.h"
+#include "nbd/nbd_client.h"
 
 namespace kiln::block {
 namespace {
@@ -364,6 +365,10 @@ LockPermissions default_lock_permissions(bool read_only, bool share_writes, bool
 }
 
 std::unique_ptr<Node> open_protocol(const std::string& filename, const ProtocolOptions& options) {
+  if (is_nbd_filename(filename)) {
+    if (options.create) throw Error(ENOTSUP, fmt::format("Could not create '{}': the nbd protocol cannot create images", filename));
+    return open_nbd(filename, options);
+  }
   return open_file(filename, options);
 }
 

@@ -1,0 +1,166 @@
+// One NBD connection's protocol state machine, independent of sockets and TLS.
+// The transport asks `input()` where the next bytes go, reads into it, and
+// reports with `consumed(n)`; the session writes replies through `Output`.
+// Transmission requests run on an `Executor` (a worker pool, or inline in the
+// fuzzer) and may complete out of order. Memory per connection is bounded:
+// at most `max_in_flight` requests and `max_in_flight_bytes` of payload.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kiln/block/node.h"
+#include "wire.h"
+
+namespace kiln::nbd {
+
+enum class DetectZeroes { Off, On, Unmap };
+
+// What the server exports. `node` must outlive every session.
+struct ExportConfig {
+  block::Node* node = nullptr;
+  std::string name;
+  std::string description;
+  bool read_only = false;
+  bool multi_conn = false;
+  bool discard_unmap = false;     // --discard=unmap: TRIM and zero writes may punch holes
+  DetectZeroes detect_zeroes = DetectZeroes::Off;
+  bool allocation_depth = false;  // -A: offer qemu:allocation-depth
+  bool writethrough = false;      // every write is made durable (cache=writethrough)
+};
+
+struct SessionLimits {
+  uint32_t max_in_flight = 16;
+  uint64_t max_in_flight_bytes = 64u << 20;
+};
+
+// Where replies go. Each call sends its parts contiguously (thread-safe).
+class Output {
+ public:
+  virtual ~Output() = default;
+  virtual void send(std::span<const std::span<const std::byte>> parts) = 0;
+};
+
+// A unit of work for the executor; runs once.
+class Task {
+ public:
+  virtual void run() = 0;
+
+ protected:
+  ~Task() = default;
+};
+
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  virtual void submit(Task& task) = 0;
+};
+
+// Runs tasks on the calling thread (tests, fuzzing).
+class InlineExecutor final : public Executor {
+ public:
+  void submit(Task& task) override { task.run(); }
+};
+
+class Session {
+ public:
+  Session(const ExportConfig& config, const SessionLimits& limits, Output& output, Executor& executor, bool tls_available,
+          bool tls_required);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Sends the server greeting. Call once, first.
+  void start();
+  // Where the next input bytes go (never empty unless finished()).
+  std::span<std::byte> input();
+  // `count` bytes were written at the start of input(). May block while the
+  // connection has too many requests in flight.
+  void consumed(size_t count);
+
+  // The transport must run the TLS handshake now, before reading more.
+  bool tls_pending() const { return tls_pending_; }
+  void tls_started();
+  // No more input will be accepted; the transport drains and closes.
+  bool finished() const { return finished_; }
+  // Ends input and waits until every request in flight has replied.
+  void drain();
+  bool in_transmission() const { return phase_ == Phase::Transmission; }
+  // Why the session ended (for the log), empty on a clean end.
+  const std::string& end_reason() const { return end_reason_; }
+
+ private:
+  struct Request;
+  enum class Phase { ClientFlags, OptionHeader, OptionData, OptionDiscard, Transmission, RequestPayload, PayloadDiscard, Done };
+
+  void finish(std::string reason);
+  void on_client_flags();
+  void on_option_header();
+  void on_option();
+  void option_reply(uint32_t option, uint32_t type, std::span<const std::byte> data = {});
+  void option_error(uint32_t option, uint32_t type, std::string_view message);
+  void handle_export_name();
+  void handle_info_go(bool go);
+  void handle_meta_context(bool set);
+  void enter_transmission();
+  uint16_t transmission_flags() const;
+
+  void on_request_header();
+  void dispatch(Request& request);
+  void execute(Request& request);
+  Request& acquire(uint64_t payload_bytes);
+  void release(Request& request);
+  void reply_simple(Request& request, uint32_t error, std::span<const std::byte> data = {});
+  void reply_error(Request& request, uint32_t error, std::string_view message);
+  void reply_done(Request& request);
+  void do_read(Request& request);
+  void do_write(Request& request);
+  void do_write_zeroes(Request& request);
+  void do_block_status(Request& request);
+  uint32_t check_request(const Request& request);
+
+  ExportConfig config_;
+  SessionLimits limits_;
+  Output& output_;
+  Executor& executor_;
+  bool tls_available_;
+  bool tls_required_;
+  bool tls_active_ = false;
+  bool tls_pending_ = false;
+  bool finished_ = false;
+  bool fixed_newstyle_ = false;
+  bool no_zeroes_ = false;
+  bool structured_ = false;
+  std::string end_reason_;
+
+  Phase phase_ = Phase::ClientFlags;
+  std::vector<std::byte> input_buffer_;  // header or option data being filled
+  size_t input_filled_ = 0;
+  uint64_t discard_remaining_ = 0;
+  uint32_t option_ = 0;
+
+  // Meta contexts selected with SET_META_CONTEXT (ids 1 and 2).
+  bool meta_allocation_ = false;
+  bool meta_depth_ = false;
+  std::string meta_export_;
+
+  // Requests: a pool reused across the connection's life.
+  std::mutex mutex_;
+  std::condition_variable slot_freed_;
+  std::vector<std::unique_ptr<Request>> requests_;  // every request object ever made
+  std::vector<Request*> free_requests_;
+  uint32_t in_flight_ = 0;
+  uint64_t in_flight_bytes_ = 0;
+  Request* current_ = nullptr;  // request whose payload is being read
+};
+
+// Maps a kiln::Error errno to the NBD wire error.
+uint32_t nbd_error_from_errno(int err);
+
+}  // namespace kiln::nbd
