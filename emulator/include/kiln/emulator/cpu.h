@@ -1,0 +1,146 @@
+// One emulated x86 CPU with the TCG-style execution loop: find or translate
+// the TB at (pc, mode), run it on the interpreter, handle its exit.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "kiln/emulator/cpu_state.h"
+#include "kiln/emulator/frontend.h"
+#include "kiln/emulator/interpreter.h"
+#include "kiln/emulator/memory.h"
+
+namespace kiln::emu {
+
+// What -d selects (QEMU's in_asm, op, op_opt, exec, cpu).
+enum LogMask : uint32_t { kLogInAsm = 1, kLogOp = 2, kLogOpOpt = 4, kLogExec = 8, kLogCpu = 16 };
+// Parses "in_asm,op,exec"; throws kiln::Error on an unknown item.
+uint32_t parse_log_mask(std::string_view items);
+
+struct TranslatedBlock {
+  uint64_t pc = 0;
+  uint32_t mode = 0;
+  uint32_t guest_insns = 0;
+  uint32_t guest_bytes = 0;
+  ExecBlock exec;
+};
+
+// Translated blocks keyed by guest PC and CPU mode, with a direct-mapped
+// front cache so the common lookup is one compare.
+class TbCache {
+ public:
+  TranslatedBlock* find(uint64_t pc, uint32_t mode) {
+    auto& slot = fast_[hash(pc, mode)];
+    if (slot && slot->pc == pc && slot->mode == mode) return slot;
+    auto it = blocks_.find(Key{pc, mode});
+    if (it == blocks_.end()) return nullptr;
+    slot = it->second.get();
+    return slot;
+  }
+  TranslatedBlock* insert(std::unique_ptr<TranslatedBlock> tb);
+  void flush();
+  size_t size() const { return blocks_.size(); }
+
+ private:
+  struct Key {
+    uint64_t pc;
+    uint32_t mode;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const { return std::hash<uint64_t>()(k.pc * 31 + k.mode); }
+  };
+  static size_t hash(uint64_t pc, uint32_t mode) { return (pc ^ (pc >> 12) ^ mode) & (kFastSize - 1); }
+  static constexpr size_t kFastSize = 4096;
+  std::unordered_map<Key, std::unique_ptr<TranslatedBlock>, KeyHash> blocks_;
+  std::vector<TranslatedBlock*> fast_ = std::vector<TranslatedBlock*>(kFastSize, nullptr);
+};
+
+enum class StopReason { InsnLimit, Exception, Halt, Syscall };
+
+struct RunResult {
+  StopReason reason = StopReason::InsnLimit;
+  uint64_t insns = 0;
+};
+
+struct CpuStats {
+  uint64_t translations = 0;
+  uint64_t blocks_executed = 0;
+};
+
+class Cpu {
+ public:
+  explicit Cpu(Memory& memory) : memory_(memory) {}
+
+  CpuState state;
+
+  // Runs until an exception, HLT, SYSCALL, or at least `max_insns` instructions.
+  RunResult run(uint64_t max_insns);
+
+  void set_log(uint32_t mask, std::FILE* stream) {
+    log_mask_ = mask;
+    log_ = stream;
+  }
+  TranslateOptions& translate_options() { return options_; }
+  void flush_translations() { cache_.flush(); }
+  const CpuStats& stats() const { return stats_; }
+  Memory& memory() { return memory_; }
+
+  // Guest memory accessors used by the backends. On failure they fill
+  // state.exception (#PF or #GP) and return false.
+  template <unsigned Size>
+  bool read(uint64_t address, uint64_t& out) {
+    const TlbEntry& e = tlb_[0][(address >> 12) & (kTlbSize - 1)];
+    if (e.tag == (address & kPageMask) && (address & ~kPageMask) <= kPageSize - Size) [[likely]] {
+      out = 0;
+      std::memcpy(&out, e.host + (address & ~kPageMask), Size);
+      return true;
+    }
+    return read_slow(address, Size, out);
+  }
+  // Checks that `address` is accessible (fills the TLB); used before multi-part
+  // stores so that a fault leaves memory untouched.
+  bool probe(uint64_t address, Access access) {
+    const TlbEntry& e = tlb_[static_cast<int>(access)][(address >> 12) & (kTlbSize - 1)];
+    return e.tag == (address & kPageMask) || translate_page(address, access) != nullptr;
+  }
+  template <unsigned Size>
+  bool write(uint64_t address, uint64_t value) {
+    const TlbEntry& e = tlb_[1][(address >> 12) & (kTlbSize - 1)];
+    if (e.tag == (address & kPageMask) && (address & ~kPageMask) <= kPageSize - Size) [[likely]] {
+      std::memcpy(e.host + (address & ~kPageMask), &value, Size);
+      return true;
+    }
+    return write_slow(address, Size, value);
+  }
+
+ private:
+  struct TlbEntry {
+    uint64_t tag = ~uint64_t{0};
+    uint8_t* host = nullptr;
+  };
+  static constexpr size_t kTlbSize = 256;
+
+  uint8_t* translate_page(uint64_t address, Access access);
+  bool read_slow(uint64_t address, unsigned size, uint64_t& out);
+  bool write_slow(uint64_t address, unsigned size, uint64_t value);
+  void flush_tlb();
+  TranslatedBlock* get_block(uint64_t pc);
+  void log_cpu_state();
+
+  Memory& memory_;
+  TbCache cache_;
+  TranslateOptions options_;
+  CpuStats stats_;
+  std::vector<uint64_t> frame_;
+  TlbEntry tlb_[2][kTlbSize];
+  uint64_t tlb_generation_ = ~uint64_t{0};
+  uint32_t log_mask_ = 0;
+  std::FILE* log_ = nullptr;
+};
+
+}  // namespace kiln::emu

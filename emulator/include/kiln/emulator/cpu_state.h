@@ -1,0 +1,77 @@
+// Architectural state of one x86 CPU as the translator sees it. The backends
+// read and write this struct directly; later issues (system mode) extend it
+// with control registers, descriptor caches and the x87/MSR state.
+#pragma once
+
+#include <cstdint>
+
+namespace kiln::emu {
+
+enum Reg : uint8_t { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, R15 };
+enum Seg : uint8_t { ES, CS, SS, DS, FS, GS };
+
+// Code size of the current segment: selects the decoder mode.
+enum class CodeSize : uint8_t { Bits16 = 0, Bits32 = 1, Bits64 = 2 };
+
+// The part of the CPU state that changes how code translates; part of the TB cache key.
+struct CpuMode {
+  CodeSize code = CodeSize::Bits64;
+  // True when CS/DS/ES/SS bases are all zero (flat model), letting 16/32-bit
+  // code skip the segment base addition for those segments.
+  bool flat = true;
+  uint32_t key() const { return static_cast<uint32_t>(code) | (flat ? 4u : 0u); }
+};
+
+namespace rflags {
+constexpr uint64_t CF = 1u << 0, PF = 1u << 2, AF = 1u << 4, ZF = 1u << 6, SF = 1u << 7, TF = 1u << 8,
+                   IF = 1u << 9, DF = 1u << 10, OF = 1u << 11, AC = 1u << 18, ID = 1u << 21;
+constexpr uint64_t kArith = CF | PF | AF | ZF | SF | OF;
+constexpr uint64_t kFixed = 1u << 1;  // always reads as 1
+}  // namespace rflags
+
+enum class Vector : uint8_t {
+  DE = 0, DB = 1, BP = 3, OF = 4, BR = 5, UD = 6, NM = 7, DF = 8, TS = 10, NP = 11, SS = 12, GP = 13, PF = 14,
+  MF = 16, AC = 17, XM = 19,
+};
+
+struct PendingException {
+  bool raised = false;
+  Vector vector = Vector::DE;
+  uint32_t error_code = 0;
+  uint64_t fault_address = 0;  // CR2 for #PF
+};
+
+struct alignas(16) Xmm {
+  uint64_t lo = 0, hi = 0;
+};
+
+struct CpuState {
+  uint64_t regs[16] = {};
+  uint64_t rip = 0;
+  // Lazy flags: the last flag-setting operation and its operands (see lazy_flags.h).
+  uint32_t cc_op = 0;  // CcKind::Eflags with cc_dst holding explicit OSZAPC bits
+  uint64_t cc_dst = 0, cc_src1 = 0, cc_src2 = 0, cc_aux = 0;
+  // RFLAGS bits other than OSZAPC (bit 1, TF, IF, DF, AC, ID ...).
+  uint64_t rflags_other = rflags::kFixed | rflags::IF;
+  uint64_t seg_base[6] = {};
+  uint16_t seg_selector[6] = {};
+  Xmm xmm[16] = {};
+  uint32_t mxcsr = 0x1f80;
+  // MMX registers. They alias the x87 register significands; x87 is not
+  // implemented yet, so the aliasing side effects (TOP = 0, tags) are not modelled.
+  uint64_t mmx[8] = {};
+  CpuMode mode;
+  PendingException exception;
+  uint64_t tsc = 0;  // RDTSC value; advanced by the execution loop
+  // Requests to leave the execution loop after the current block (StopRequest bits).
+  uint32_t stop_request = 0;
+};
+
+enum StopRequest : uint32_t { kStopHalt = 1, kStopSyscall = 2 };
+
+// Full RFLAGS (materialises the lazy flags).
+uint64_t read_rflags(const CpuState& cpu);
+// Sets RFLAGS (arithmetic bits become explicit lazy state).
+void write_rflags(CpuState& cpu, uint64_t value);
+
+}  // namespace kiln::emu
