@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-${KILN_FUZZ_SECONDS:-20}}
 cmake --preset fuzz >/dev/null
-cmake --build --preset fuzz -j "${KILN_JOBS:-2}" >/dev/null
+cmake --build --preset fuzz -j "${KILN_JOBS:-2}" --target kiln_fuzz_all >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failures=0
