@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include "kiln/block/image.h"
@@ -65,15 +67,50 @@ struct CommandLine {
   bool image_opts = false;
 };
 
-// --object tls-creds-x509,id=ID,dir=DIR,endpoint=server,verify-peer=on|off / tls-creds-psk,...
-std::map<std::string, TlsCredentials> parse_objects(const std::vector<std::string>& objects) {
+struct Objects {
   std::map<std::string, TlsCredentials> credentials;
+  std::map<std::string, TlsAuthorization> authorizations;
+};
+
+// --object authz-simple,id=ID,identity=NAME
+TlsAuthorization parse_authz_simple(const KeyValueList& options) {
+  TlsAuthorization authorization;
+  bool has_identity = false;
+  for (size_t i = 1; i < options.size(); ++i) {
+    const auto& [key, value] = options[i];
+    if (key == "id") {
+      authorization.id = value;
+    } else if (key == "identity") {
+      authorization.identity = value;
+      has_identity = true;
+    } else if (key == "loaded") {
+      continue;
+    } else {
+      throw invalid_argument("Property 'authz-simple.{}' not found", key);
+    }
+  }
+  if (authorization.id.empty()) throw invalid_argument("Parameter 'id' is missing");
+  if (!has_identity) throw invalid_argument("Parameter 'identity' is missing for object '{}'", authorization.id);
+  return authorization;
+}
+
+// --object tls-creds-x509,id=ID,dir=DIR,endpoint=server,verify-peer=on|off / tls-creds-psk,... / authz-simple,...
+Objects parse_objects(const std::vector<std::string>& objects) {
+  Objects parsed;
+  std::set<std::string> ids;
   for (const std::string& text : objects) {
     KeyValueList options = parse_key_value_list(text);
     if (options.empty() || !options.front().second.empty()) throw invalid_argument("Invalid object '{}'", text);
     const std::string type = options.front().first;
     TlsCredentials creds;
-    if (type == "tls-creds-x509") {
+    if (type == "authz-simple") {
+      TlsAuthorization authorization = parse_authz_simple(options);
+      if (!ids.insert(authorization.id).second) throw invalid_argument("attempt to add duplicate property '{}' to object", authorization.id);
+      parsed.authorizations[authorization.id] = std::move(authorization);
+      continue;
+    } else if (type == "authz-list" || type == "authz-listfile" || type == "authz-pam") {
+      throw invalid_argument("object type '{}' is not supported (only authz-simple)", type);
+    } else if (type == "tls-creds-x509") {
       creds.kind = TlsCredentials::Kind::X509;
     } else if (type == "tls-creds-psk") {
       creds.kind = TlsCredentials::Kind::Psk;
@@ -106,9 +143,64 @@ std::map<std::string, TlsCredentials> parse_objects(const std::vector<std::strin
     }
     if (creds.id.empty()) throw invalid_argument("Parameter 'id' is missing");
     if (creds.dir.empty()) throw invalid_argument("Parameter 'dir' is missing for object '{}'", creds.id);
-    credentials[creds.id] = creds;
+    if (!ids.insert(creds.id).second) throw invalid_argument("attempt to add duplicate property '{}' to object", creds.id);
+    parsed.credentials[creds.id] = creds;
   }
-  return credentials;
+  return parsed;
+}
+
+bool option_on(const std::string& key, const std::string& value) {
+  if (value == "on" || value == "true" || value == "yes") return true;
+  if (value == "off" || value == "false" || value == "no") return false;
+  throw invalid_argument("Parameter '{}' expects 'on' or 'off'", key);
+}
+
+// --image-opts: the file name is an option string such as
+// "driver=qcow2,file.filename=x.qcow2,cache.direct=on". Keys the block layer's
+// format drivers know (raw's offset/size, qcow2's cache sizes...) are passed
+// to it; the protocol is always a local file. Returns the file name.
+std::string apply_image_opts(const std::string& text, block::OpenOptions& open_options) {
+  std::string filename;
+  std::string driver;
+  for (auto& [key, value] : parse_key_value_list(text)) {
+    if (key == "driver") {
+      driver = value;
+    } else if (key == "file" || key == "file.filename") {
+      filename = value;
+    } else if (key == "filename") {
+      if (driver != "file" && driver != "host_device") {
+        throw invalid_argument("Block format '{}' does not support the option 'filename'", driver);
+      }
+      filename = value;
+    } else if (key == "file.driver") {
+      if (value != "file" && value != "host_device") throw invalid_argument("Unknown protocol driver '{}' (only 'file')", value);
+    } else if (key == "read-only") {
+      open_options.read_only = open_options.read_only || option_on(key, value);
+    } else if (key == "force-share") {
+      open_options.force_share = option_on(key, value);
+    } else if (key == "cache.direct" || key == "file.cache.direct") {
+      if (option_on(key, value)) {
+        // O_DIRECT on top of whatever --cache chose, keeping O_DSYNC if it had it.
+        const bool dsync = open_options.cache == block::CacheMode::Writethrough || open_options.cache == block::CacheMode::Directsync;
+        open_options.cache = dsync ? block::CacheMode::Directsync : block::CacheMode::None;
+      }
+    } else if (key == "cache.no-flush") {
+      if (option_on(key, value)) open_options.cache = block::CacheMode::Unsafe;
+    } else if (key == "file.locking" || key == "locking") {
+      open_options.locking = value == "auto" || option_on(key, value);
+    } else if (key == "file.aio" || key == "aio" || key == "discard" || key == "file.discard" || key == "node-name" ||
+               key == "file.node-name") {
+      continue;  // accepted: kiln picks its own I/O and kiln-nbd's --discard governs discards
+    } else if (key.rfind("file.", 0) == 0) {
+      throw invalid_argument("Block protocol 'file' doesn't support the option '{}'", key.substr(5));
+    } else {
+      open_options.driver_options.emplace_back(key, value);
+    }
+  }
+  if (filename.empty()) throw invalid_argument("A block device must be specified for \"file\"");
+  // "driver=file" is the file itself, which kiln serves as raw.
+  open_options.format = driver == "file" || driver == "host_device" ? "raw" : driver;
+  return filename;
 }
 
 // Listening sockets handed over by systemd (LISTEN_PID / LISTEN_FDS), if any.
@@ -128,8 +220,8 @@ std::vector<UniqueFd> socket_activation_fds() {
 
 int run(CommandLine& cli) {
   if (cli.verbose) log::set_level(log::Level::Info);
-  if (cli.image_opts) throw invalid_argument("--image-opts is not supported");
-  if (!cli.tls_authz.empty()) throw invalid_argument("--tls-authz is not supported");
+  if (cli.image_opts && !cli.format.empty()) throw invalid_argument("--image-opts and -f are mutually exclusive");
+  if (!cli.tls_authz.empty() && cli.tls_creds.empty()) throw invalid_argument("--tls-authz is not permitted without --tls-creds");
 
   block::OpenOptions open_options;
   open_options.format = cli.format;
@@ -168,15 +260,31 @@ int run(CommandLine& cli) {
     cli.read_only = true;  // an internal snapshot is served read-only, as qemu-nbd does
   }
   open_options.read_only = cli.read_only || cli.snapshot;
+  std::string filename = cli.filename;
+  if (cli.image_opts) {
+    try {
+      filename = apply_image_opts(cli.filename, open_options);
+      // A read-only node cannot back a writable export (qemu-nbd says the same).
+      if (open_options.read_only && !cli.read_only && !cli.snapshot) throw invalid_argument("Block node is read-only");
+    } catch (const Error& error) {
+      throw with_context(error, fmt::format("Failed to blk_new_open '{}'", cli.filename));
+    }
+  }
   if (cli.snapshot) open_options.force_share = false;
 
   // TLS credentials.
   std::unique_ptr<TlsContext> tls;
-  auto credentials = parse_objects(cli.objects);
+  Objects objects = parse_objects(cli.objects);
   if (!cli.tls_creds.empty()) {
-    auto found = credentials.find(cli.tls_creds);
-    if (found == credentials.end()) throw invalid_argument("No TLS credentials with id '{}'", cli.tls_creds);
-    tls = TlsContext::create(found->second);
+    auto found = objects.credentials.find(cli.tls_creds);
+    if (found == objects.credentials.end()) throw invalid_argument("No TLS credentials with id '{}'", cli.tls_creds);
+    std::optional<TlsAuthorization> authorization;
+    if (!cli.tls_authz.empty()) {
+      auto authz = objects.authorizations.find(cli.tls_authz);
+      if (authz == objects.authorizations.end()) throw invalid_argument("No authorization object with id '{}'", cli.tls_authz);
+      authorization = authz->second;
+    }
+    tls = TlsContext::create(found->second, std::move(authorization));
   }
 
   // Listening sockets before the image, so address errors come first (as qemu-nbd).
@@ -193,7 +301,7 @@ int run(CommandLine& cli) {
 
   std::unique_ptr<block::Image> image;
   try {
-    image = block::Image::open(cli.filename, open_options);
+    image = block::Image::open(filename, open_options);
   } catch (const Error& error) {
     throw with_context(error, fmt::format("Failed to blk_new_open '{}'", cli.filename));  // qemu-nbd's wording
   }
@@ -315,13 +423,13 @@ int main(int argc, char** argv) {
   app.add_option("-o,--offset", cli.offset, "Offset into a raw image");
   app.add_option("--object", cli.objects, "tls-creds-x509,... / tls-creds-psk,... / secret,...");
   app.add_option("--tls-creds", cli.tls_creds, "Require TLS with the credentials object of this id");
-  app.add_option("--tls-authz", cli.tls_authz, "Authorization object (not supported)");
+  app.add_option("--tls-authz", cli.tls_authz, "Only let in TLS clients an authz-simple object of this id allows");
   app.add_option("--pid-file", cli.pid_file, "Write the server's pid to this file");
   app.add_flag("--fork", cli.fork, "Fork once the server is ready");
   app.add_flag("-A,--allocation-depth", cli.allocation_depth, "Offer the qemu:allocation-depth meta context");
   app.add_option("-B,--bitmap", cli.bitmaps, "Offer qemu:dirty-bitmap:NAME");
   app.add_flag("-v,--verbose", cli.verbose, "Log connections");
-  app.add_flag("--image-opts", cli.image_opts, "Treat the file name as an option string (not supported)");
+  app.add_flag("--image-opts", cli.image_opts, "Treat the file name as an option string (driver=...,file.filename=...)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& help) {

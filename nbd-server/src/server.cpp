@@ -256,7 +256,9 @@ void Server::connection_thread(int raw_fd) {
   UniqueFd fd(raw_fd);
   {
     Connection connection(fd.get());
-    Session session(options_.export_config, options_.limits, connection, pool_, options_.tls != nullptr, options_.tls != nullptr);
+    SessionLimits limits = options_.limits;
+    limits.buffers = &buffers_;
+    Session session(options_.export_config, limits, connection, pool_, options_.tls != nullptr, options_.tls != nullptr);
     try {
       session.start();
       while (!session.finished()) {

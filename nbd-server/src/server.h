@@ -67,6 +67,7 @@ class Server {
   ServerOptions options_;
   std::vector<UniqueFd> listeners_;
   UniqueFd stop_event_;  // eventfd: written by stop()
+  BufferPool buffers_;   // payload buffers of every connection (outlives the workers)
   WorkerPool pool_;
 
   std::mutex mutex_;

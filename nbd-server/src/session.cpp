@@ -13,7 +13,7 @@ namespace {
 
 constexpr uint32_t kMaxOptionLength = 64 * 1024;  // longer options are skipped, not buffered
 constexpr size_t kDiscardChunk = 64 * 1024;
-constexpr size_t kKeepBufferBytes = 4u << 20;     // idle request buffers above this are released
+constexpr size_t kMaxIdleBuffers = 256;           // BufferPool entries, so a lookup stays short
 constexpr size_t kMaxStatusDescriptors = 64 * 1024;
 constexpr uint32_t kContextAllocation = 1;
 constexpr uint32_t kContextDepth = 2;
@@ -85,18 +85,51 @@ struct Session::Request final : Task {
   uint16_t type = 0;
   uint64_t cookie = 0;
   uint64_t offset = 0;
-  uint32_t length = 0;
+  uint64_t length = 0;  // payload or effect length (64-bit with extended headers)
   uint64_t reserved_bytes = 0;
   uint32_t error = 0;                 // decided while parsing; replied without executing
-  std::vector<std::byte> buffer;      // payload; its size only grows (no re-zeroing)
+  std::vector<std::byte> buffer;      // READ/WRITE data, from the BufferPool while in flight
   std::vector<ExtentStatus> extents;  // reused by READ and BLOCK_STATUS
   std::vector<std::byte> status_payload;
 };
 
+std::vector<std::byte> BufferPool::take(size_t size) {
+  {
+    std::lock_guard lock(mutex_);
+    // The smallest idle buffer that fits.
+    auto best = idle_.end();
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      if (it->size() >= size && (best == idle_.end() || it->size() < best->size())) best = it;
+    }
+    if (best != idle_.end()) {
+      std::vector<std::byte> buffer = std::move(*best);
+      *best = std::move(idle_.back());
+      idle_.pop_back();
+      idle_bytes_ -= buffer.size();
+      return buffer;
+    }
+  }
+  return std::vector<std::byte>(size);
+}
+
+void BufferPool::give(std::vector<std::byte> buffer) {
+  if (buffer.empty()) return;
+  std::lock_guard lock(mutex_);
+  if (idle_.size() >= kMaxIdleBuffers || idle_bytes_ + buffer.size() > max_idle_bytes_) return;  // freed
+  idle_bytes_ += buffer.size();
+  idle_.push_back(std::move(buffer));
+}
+
+size_t BufferPool::idle_bytes() const {
+  std::lock_guard lock(mutex_);
+  return idle_bytes_;
+}
+
 Session::Session(const ExportConfig& config, const SessionLimits& limits, Output& output, Executor& executor, bool tls_available,
                  bool tls_required)
     : config_(config), limits_(limits), output_(output), executor_(executor), tls_available_(tls_available),
-      tls_required_(tls_required) {}
+      tls_required_(tls_required), own_buffers_(limits.buffers == nullptr ? std::make_unique<BufferPool>() : nullptr),
+      buffers_(limits.buffers != nullptr ? limits.buffers : own_buffers_.get()) {}
 
 Session::~Session() { drain(); }
 
@@ -144,7 +177,7 @@ void Session::consumed(size_t count) {
       input_buffer_.assign(kOptionHeaderSize, std::byte{0});
     } else {
       phase_ = Phase::Transmission;
-      input_buffer_.assign(kRequestHeaderSize, std::byte{0});
+      input_buffer_.assign(request_header_size(), std::byte{0});
       Request& request = *std::exchange(current_, nullptr);
       dispatch(request);
     }
@@ -281,6 +314,7 @@ void Session::on_option() {
         option_reply(option, kRepAck);
         // Whatever was negotiated in plaintext is forgotten.
         structured_ = false;
+        extended_ = false;
         meta_allocation_ = meta_depth_ = false;
         tls_pending_ = true;
       }
@@ -292,8 +326,21 @@ void Session::on_option() {
     case kOptStructuredReply:
       if (has_data) {
         option_error(option, kRepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data");
+      } else if (extended_) {
+        // Extended headers take precedence; there is no downgrade.
+        option_error(option, kRepErrExtHeaderReqd, "extended headers already negotiated");
       } else {
         structured_ = true;
+        option_reply(option, kRepAck);
+      }
+      break;
+    case kOptExtendedHeaders:
+      if (has_data) {
+        option_error(option, kRepErrInvalid, "NBD_OPT_EXTENDED_HEADERS takes no data");
+      } else if (extended_) {
+        option_error(option, kRepErrInvalid, "extended headers already negotiated");
+      } else {
+        extended_ = true;
         option_reply(option, kRepAck);
       }
       break;
@@ -309,6 +356,11 @@ void Session::on_option() {
 }
 
 void Session::handle_export_name() {
+  if (extended_) {
+    // Forbidden by the spec, and this option has no way to report an error.
+    finish("client used NBD_OPT_EXPORT_NAME after negotiating extended headers");
+    return;
+  }
   const std::string name(reinterpret_cast<const char*>(input_buffer_.data()), input_buffer_.size());
   if (name != config_.name) {
     finish(fmt::format("export '{}' not present", name));
@@ -387,7 +439,7 @@ void Session::handle_info_go(bool go) {
 void Session::handle_meta_context(bool set) {
   const std::span<const std::byte> data = input_buffer_;
   const uint32_t option = option_;
-  if (!structured_) {
+  if (!chunked()) {
     option_error(option, kRepErrInvalid, "structured replies not negotiated");
     return;
   }
@@ -458,14 +510,14 @@ uint16_t Session::transmission_flags() const {
   } else {
     flags |= kTxSendTrim | kTxSendWriteZeroes | kTxSendFastZero;
   }
-  if (structured_) flags |= kTxSendDf;
+  if (chunked()) flags |= kTxSendDf;
   if (config_.multi_conn) flags |= kTxCanMultiConn;
   return flags;
 }
 
 void Session::enter_transmission() {
   phase_ = Phase::Transmission;
-  input_buffer_.assign(kRequestHeaderSize, std::byte{0});
+  input_buffer_.assign(request_header_size(), std::byte{0});
   input_filled_ = 0;
 }
 
@@ -492,7 +544,7 @@ Session::Request& Session::acquire(uint64_t payload_bytes) {
 }
 
 void Session::release(Request& request) {
-  if (request.buffer.size() > kKeepBufferBytes) std::vector<std::byte>().swap(request.buffer);
+  buffers_->give(std::exchange(request.buffer, {}));
   std::lock_guard lock(mutex_);
   --in_flight_;
   in_flight_bytes_ -= request.reserved_bytes;
@@ -511,8 +563,16 @@ void Session::drain() {
 
 void Session::on_request_header() {
   const std::byte* header = input_buffer_.data();
-  if (load32(header) != kRequestMagic) {
-    finish("bad request magic");
+  // The header style is fixed by negotiation; the other style cannot even be
+  // framed, so a mismatch is a protocol violation that ends the connection.
+  const uint32_t magic = load32(header);
+  if (magic != (extended_ ? kExtendedRequestMagic : kRequestMagic)) {
+    if (magic == kRequestMagic || magic == kExtendedRequestMagic) {
+      finish(extended_ ? "compact request header after extended headers were negotiated"
+                       : "extended request header without NBD_OPT_EXTENDED_HEADERS");
+    } else {
+      finish("bad request magic");
+    }
     return;
   }
   const uint16_t flags = load16(header + 4);
@@ -521,10 +581,17 @@ void Session::on_request_header() {
     finish("");
     return;
   }
-  const uint32_t length = load32(header + 24);
-  const bool has_payload = type == kCmdWrite;
+  const uint64_t length = extended_ ? load64(header + 24) : load32(header + 24);
+  // Compact headers: only WRITE carries a payload. Extended headers: exactly
+  // the requests flagged NBD_CMD_FLAG_PAYLOAD_LEN do.
+  const bool has_payload = extended_ ? (flags & kCmdFlagPayloadLen) != 0 : type == kCmdWrite;
+  if (extended_ && has_payload && length > kMaxPayload) {
+    finish(fmt::format("payload of {} bytes exceeds the advertised maximum", length));
+    return;
+  }
   const bool oversized = (type == kCmdWrite || type == kCmdRead) && length > kMaxPayload;
-  Request& request = acquire(oversized || (type != kCmdWrite && type != kCmdRead) ? 0 : length);
+  const bool buffered = !oversized && (type == kCmdRead || (type == kCmdWrite && has_payload));
+  Request& request = acquire(buffered ? length : 0);
   request.flags = flags;
   request.type = type;
   request.cookie = load64(header + 8);
@@ -536,14 +603,21 @@ void Session::on_request_header() {
     return;
   }
   current_ = &request;
-  if (oversized) {
+  if (oversized || request.error != 0) {
     // Skip the payload without holding it, then refuse the request.
+    if (request.error == 0) request.error = kErrInval;
     phase_ = Phase::PayloadDiscard;
     discard_remaining_ = length;
-    input_buffer_.resize(kDiscardChunk);
+    if (length == 0) {
+      phase_ = Phase::Transmission;
+      current_ = nullptr;
+      dispatch(request);
+      return;
+    }
+    input_buffer_.resize(std::min<uint64_t>(length, kDiscardChunk));
     return;
   }
-  if (request.buffer.size() < length) request.buffer.resize(length);
+  if (request.buffer.size() < length) request.buffer = buffers_->take(length);
   if (length == 0) {
     current_ = nullptr;
     dispatch(request);
@@ -556,7 +630,7 @@ uint32_t Session::check_request(const Request& request) {
   uint16_t allowed = kCmdFlagFua;
   switch (request.type) {
     case kCmdRead:
-      if (structured_) allowed |= kCmdFlagDf;
+      if (chunked()) allowed |= kCmdFlagDf;
       break;
     case kCmdWriteZeroes:
       allowed |= kCmdFlagNoHole | kCmdFlagFastZero;
@@ -565,6 +639,12 @@ uint32_t Session::check_request(const Request& request) {
       allowed |= kCmdFlagReqOne;
       break;
     case kCmdWrite:
+      // With extended headers a WRITE must say that its length is a payload.
+      if (extended_) {
+        if (!(request.flags & kCmdFlagPayloadLen)) return kErrInval;
+        allowed |= kCmdFlagPayloadLen;
+      }
+      break;
     case kCmdFlush:
     case kCmdTrim:
     case kCmdCache:
@@ -582,7 +662,7 @@ uint32_t Session::check_request(const Request& request) {
     return request.type == kCmdWrite || request.type == kCmdWriteZeroes ? kErrNoSpc : kErrInval;
   }
   if (request.type == kCmdBlockStatus) {
-    if (!structured_ || (!meta_allocation_ && !meta_depth_) || request.length == 0) return kErrInval;
+    if (!chunked() || (!meta_allocation_ && !meta_depth_) || request.length == 0) return kErrInval;
   }
   return 0;
 }
@@ -647,44 +727,73 @@ void Session::reply_simple(Request& request, uint32_t error, std::span<const std
   output_.send(parts);
 }
 
-void Session::reply_done(Request& request) { reply_simple(request, 0); }
+size_t Session::chunk_header(std::byte* out, const Request& request, uint16_t flags, uint16_t type,
+                             uint64_t payload_length) const {
+  if (extended_) {
+    std::byte* p = store32(out, kExtendedReplyMagic);
+    p = store16(p, flags);
+    p = store16(p, type);
+    p = store64(p, request.cookie);
+    p = store64(p, request.offset);  // the request's offset, whatever the chunk describes
+    store64(p, payload_length);
+    return kExtendedReplyHeaderSize;
+  }
+  std::byte* p = store32(out, kStructuredReplyMagic);
+  p = store16(p, flags);
+  p = store16(p, type);
+  p = store64(p, request.cookie);
+  store32(p, static_cast<uint32_t>(payload_length));
+  return kStructuredHeaderSize;
+}
+
+void Session::reply_none(Request& request) {
+  std::array<std::byte, kExtendedReplyHeaderSize> header{};
+  const size_t size = chunk_header(header.data(), request, kReplyFlagDone, kChunkNone, 0);
+  const std::span<const std::byte> parts[] = {std::span<const std::byte>(header).first(size)};
+  output_.send(parts);
+}
+
+// Extended headers forbid simple replies, even without payload.
+void Session::reply_done(Request& request) {
+  if (extended_) {
+    reply_none(request);
+  } else {
+    reply_simple(request, 0);
+  }
+}
 
 void Session::reply_error(Request& request, uint32_t error, std::string_view message) {
-  if (!structured_) {
+  if (!chunked()) {
     reply_simple(request, error);
     return;
   }
-  message = message.substr(0, 4096);
-  std::array<std::byte, kStructuredHeaderSize + 6> header{};
-  std::byte* p = store32(header.data(), kStructuredReplyMagic);
-  p = store16(p, kReplyFlagDone);
-  p = store16(p, kChunkError);
-  p = store64(p, request.cookie);
-  p = store32(p, static_cast<uint32_t>(6 + message.size()));
-  p = store32(p, error);
-  store16(p, static_cast<uint16_t>(message.size()));
-  const std::span<const std::byte> parts[] = {header, bytes(message)};
+  message = message.substr(0, kMaxStringLength);
+  std::array<std::byte, kExtendedReplyHeaderSize + 6> header{};
+  const size_t size = chunk_header(header.data(), request, kReplyFlagDone, kChunkError, 6 + message.size());
+  store16(store32(header.data() + size, error), static_cast<uint16_t>(message.size()));
+  const std::span<const std::byte> parts[] = {std::span<const std::byte>(header).first(size + 6), bytes(message)};
   output_.send(parts);
 }
 
 void Session::do_read(Request& request) {
   block::Node& node = *config_.node;
-  if (request.buffer.size() < request.length) request.buffer.resize(request.length);
+  if (request.buffer.size() < request.length) request.buffer = buffers_->take(request.length);
   const std::span<std::byte> buffer = std::span(request.buffer).first(request.length);
-  if (!structured_ || (request.flags & kCmdFlagDf) || request.length == 0) {
+  if (!chunked()) {
     if (!buffer.empty()) node.read(request.offset, buffer);
-    if (!structured_) {
-      reply_simple(request, 0, buffer);
-      return;
-    }
-    std::array<std::byte, kStructuredHeaderSize + 8> header{};
-    std::byte* p = store32(header.data(), kStructuredReplyMagic);
-    p = store16(p, kReplyFlagDone);
-    p = store16(p, kChunkOffsetData);
-    p = store64(p, request.cookie);
-    p = store32(p, 8 + request.length);
-    store64(p, request.offset);
-    const std::span<const std::byte> parts[] = {header, buffer};
+    reply_simple(request, 0, buffer);
+    return;
+  }
+  if (buffer.empty()) {
+    reply_none(request);  // a content chunk must describe at least one byte
+    return;
+  }
+  std::array<std::byte, kExtendedReplyHeaderSize + 12> header{};
+  if (request.flags & kCmdFlagDf) {
+    node.read(request.offset, buffer);
+    const size_t size = chunk_header(header.data(), request, kReplyFlagDone, kChunkOffsetData, 8 + request.length);
+    store64(header.data() + size, request.offset);
+    const std::span<const std::byte> parts[] = {std::span<const std::byte>(header).first(size + 8), buffer};
     output_.send(parts);
     return;
   }
@@ -714,20 +823,17 @@ void Session::do_read(Request& request) {
   position = 0;
   for (size_t i = 0; i < request.extents.size(); ++i) {
     const ExtentStatus& extent = request.extents[i];
-    const bool last = i + 1 == request.extents.size();
-    std::array<std::byte, kStructuredHeaderSize + 12> header{};
-    std::byte* p = store32(header.data(), kStructuredReplyMagic);
-    p = store16(p, last ? kReplyFlagDone : 0);
-    p = store16(p, extent.zero ? kChunkOffsetHole : kChunkOffsetData);
-    p = store64(p, request.cookie);
-    p = store32(p, extent.zero ? 12 : static_cast<uint32_t>(8 + extent.length));
-    p = store64(p, request.offset + position);
+    const uint16_t flags = i + 1 == request.extents.size() ? kReplyFlagDone : 0;
+    // Read lengths are capped at kMaxPayload, so extent lengths fit 32 bits.
     if (extent.zero) {
-      store32(p, static_cast<uint32_t>(extent.length));
-      const std::span<const std::byte> parts[] = {header};
+      const size_t size = chunk_header(header.data(), request, flags, kChunkOffsetHole, 12);
+      store32(store64(header.data() + size, request.offset + position), static_cast<uint32_t>(extent.length));
+      const std::span<const std::byte> parts[] = {std::span<const std::byte>(header).first(size + 12)};
       output_.send(parts);
     } else {
-      const std::span<const std::byte> parts[] = {std::span<const std::byte>(header).first(kStructuredHeaderSize + 8),
+      const size_t size = chunk_header(header.data(), request, flags, kChunkOffsetData, 8 + extent.length);
+      store64(header.data() + size, request.offset + position);
+      const std::span<const std::byte> parts[] = {std::span<const std::byte>(header).first(size + 8),
                                                    buffer.subspan(position, extent.length)};
       output_.send(parts);
     }
@@ -783,17 +889,27 @@ void Session::do_block_status(Request& request) {
   for (const Context& context : contexts) {
     if (context.selected) last_selected = &context;
   }
+  // Extended headers always use NBD_REPLY_TYPE_BLOCK_STATUS_EXT: 64-bit
+  // lengths and a descriptor count. Compact requests cover under 4 GiB, so
+  // merged runs there always fit the 32-bit descriptors.
+  const size_t header_size = extended_ ? kExtendedReplyHeaderSize : kStructuredHeaderSize;
+  const size_t prefix_size = header_size + (extended_ ? 8 : 4);
+  const size_t descriptor_size = extended_ ? 16 : 8;
   for (const Context& context : contexts) {
     if (!context.selected) continue;
     std::vector<std::byte>& payload = request.status_payload;
-    payload.resize(kStructuredHeaderSize + 4);
+    payload.resize(prefix_size);
     uint64_t run_length = 0;
     uint32_t run_flags = 0;
     auto flush_run = [&] {
       if (run_length == 0) return;
       const size_t at = payload.size();
-      payload.resize(at + 8);
-      store32(store32(payload.data() + at, static_cast<uint32_t>(run_length)), run_flags);
+      payload.resize(at + descriptor_size);
+      if (extended_) {
+        store32(store32(store64(payload.data() + at, run_length), 0), run_flags);
+      } else {
+        store32(store32(payload.data() + at, static_cast<uint32_t>(run_length)), run_flags);
+      }
     };
     for (const ExtentStatus& extent : request.extents) {
       const uint32_t flags = context.flags(extent);
@@ -806,12 +922,10 @@ void Session::do_block_status(Request& request) {
       }
     }
     flush_run();
-    std::byte* p = store32(payload.data(), kStructuredReplyMagic);
-    p = store16(p, &context == last_selected ? kReplyFlagDone : 0);
-    p = store16(p, kChunkBlockStatus);
-    p = store64(p, request.cookie);
-    p = store32(p, static_cast<uint32_t>(payload.size() - kStructuredHeaderSize));
-    store32(p, context.id);
+    chunk_header(payload.data(), request, &context == last_selected ? kReplyFlagDone : 0,
+                 extended_ ? kChunkBlockStatusExt : kChunkBlockStatus, payload.size() - header_size);
+    std::byte* p = store32(payload.data() + header_size, context.id);
+    if (extended_) store32(p, static_cast<uint32_t>((payload.size() - prefix_size) / descriptor_size));
     const std::span<const std::byte> parts[] = {payload};
     output_.send(parts);
   }

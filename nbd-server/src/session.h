@@ -35,9 +35,30 @@ struct ExportConfig {
   bool writethrough = false;      // every write is made durable (cache=writethrough)
 };
 
+// Payload buffers shared by the connections of a server: a request takes one
+// for its READ/WRITE data and gives it back when it completes. At most
+// `max_idle_bytes` stay allocated while unused, so memory follows the
+// requests in flight, not the number of connections, and buffers are still
+// reused instead of being allocated per request.
+class BufferPool {
+ public:
+  explicit BufferPool(size_t max_idle_bytes = 64u << 20) : max_idle_bytes_(max_idle_bytes) {}
+  // A buffer of at least `size` bytes; its contents are unspecified.
+  std::vector<std::byte> take(size_t size);
+  void give(std::vector<std::byte> buffer);
+  size_t idle_bytes() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::vector<std::vector<std::byte>> idle_;
+  size_t idle_bytes_ = 0;
+  size_t max_idle_bytes_;
+};
+
 struct SessionLimits {
   uint32_t max_in_flight = 16;
   uint64_t max_in_flight_bytes = 64u << 20;
+  BufferPool* buffers = nullptr;  // shared by a server's sessions; null: the session keeps its own
 };
 
 // Where replies go. Each call sends its parts contiguously (thread-safe).
@@ -119,6 +140,13 @@ class Session {
   void reply_simple(Request& request, uint32_t error, std::span<const std::byte> data = {});
   void reply_error(Request& request, uint32_t error, std::string_view message);
   void reply_done(Request& request);
+  void reply_none(Request& request);  // NBD_REPLY_TYPE_NONE with NBD_REPLY_FLAG_DONE
+  // Writes a structured or extended chunk header for `request` into `out`
+  // (room for kExtendedReplyHeaderSize bytes); returns its size.
+  size_t chunk_header(std::byte* out, const Request& request, uint16_t flags, uint16_t type, uint64_t payload_length) const;
+  // Replies arrive as chunks (structured replies or extended headers).
+  bool chunked() const { return structured_ || extended_; }
+  size_t request_header_size() const { return extended_ ? kExtendedRequestHeaderSize : kRequestHeaderSize; }
   void do_read(Request& request);
   void do_write(Request& request);
   void do_write_zeroes(Request& request);
@@ -137,6 +165,7 @@ class Session {
   bool fixed_newstyle_ = false;
   bool no_zeroes_ = false;
   bool structured_ = false;
+  bool extended_ = false;  // NBD_OPT_EXTENDED_HEADERS: 32-byte headers both ways
   std::string end_reason_;
 
   Phase phase_ = Phase::ClientFlags;
@@ -158,6 +187,8 @@ class Session {
   uint32_t in_flight_ = 0;
   uint64_t in_flight_bytes_ = 0;
   Request* current_ = nullptr;  // request whose payload is being read
+  std::unique_ptr<BufferPool> own_buffers_;
+  BufferPool* buffers_;
 };
 
 // Maps a kiln::Error errno to the NBD wire error.

@@ -16,6 +16,9 @@ inline constexpr uint64_t kOptionReplyMagic = 0x3e889045565a9ULL;
 inline constexpr uint32_t kRequestMagic = 0x25609513;
 inline constexpr uint32_t kSimpleReplyMagic = 0x67446698;
 inline constexpr uint32_t kStructuredReplyMagic = 0x668e33ef;
+// EXTENDED_HEADERS extension (NetworkBlockDevice/nbd extension-ext-header branch).
+inline constexpr uint32_t kExtendedRequestMagic = 0x21e41c71;
+inline constexpr uint32_t kExtendedReplyMagic = 0x6e8a278c;
 
 // Handshake flags (server) and client flags.
 inline constexpr uint16_t kFlagFixedNewstyle = 1 << 0;
@@ -69,6 +72,7 @@ enum : uint32_t {
   kRepErrShutdown = kRepErrorBit | 7,
   kRepErrBlockSizeReqd = kRepErrorBit | 8,
   kRepErrTooBig = kRepErrorBit | 9,
+  kRepErrExtHeaderReqd = kRepErrorBit | 10,
 };
 
 // NBD_INFO_* types.
@@ -91,6 +95,7 @@ enum : uint16_t {
   kCmdFlagDf = 1 << 2,
   kCmdFlagReqOne = 1 << 3,
   kCmdFlagFastZero = 1 << 4,
+  kCmdFlagPayloadLen = 1 << 5,  // extended headers: length is a payload length
 };
 
 // Structured reply chunks.
@@ -100,6 +105,7 @@ enum : uint16_t {
   kChunkOffsetData = 1,
   kChunkOffsetHole = 2,
   kChunkBlockStatus = 5,
+  kChunkBlockStatusExt = 6,  // extended headers: 64-bit extent lengths
   kChunkError = (1 << 15) | 1,
   kChunkErrorOffset = (1 << 15) | 2,
 };
@@ -121,6 +127,8 @@ enum : uint32_t {
 };
 
 inline constexpr size_t kRequestHeaderSize = 28;
+inline constexpr size_t kExtendedRequestHeaderSize = 32;
+inline constexpr size_t kExtendedReplyHeaderSize = 32;
 inline constexpr size_t kOptionHeaderSize = 16;
 inline constexpr size_t kStructuredHeaderSize = 20;
 inline constexpr uint32_t kMaxPayload = 32u << 20;  // largest READ/WRITE accepted

@@ -1,6 +1,7 @@
 // Feeds raw client bytes to kiln-nbd's protocol state machine (handshake,
-// options, requests) over a 1 MiB in-memory export. Replies are discarded;
-// the fuzzer looks for crashes, hangs and out-of-bounds accesses.
+// options, compact and extended requests) over a 1 MiB in-memory export.
+// Replies are discarded; the fuzzer looks for crashes, hangs and
+// out-of-bounds accesses. The seed go_extended negotiates extended headers.
 #include <cstring>
 #include <mutex>
 #include <vector>

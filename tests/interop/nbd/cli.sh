@@ -1,7 +1,7 @@
 #!/bin/bash
 # kiln-nbd's command line against qemu-nbd's behaviour: one client without
 # -t, -t, -x/-D, -o, -s, --discard/--detect-zeroes, --pid-file, --fork,
-# socket activation, SIGTERM flushing, option errors.
+# socket activation, SIGTERM flushing, --image-opts, option errors.
 source "$KILN_INTEROP_LIB"
 source "$(dirname "${BASH_SOURCE[0]}")/nbd_lib.sh"
 
@@ -125,6 +125,57 @@ PY
 check "server survives hostile clients" bash -c "nbdinfo --size '$(uri k.sock)' >/dev/null"
 stop_servers
 expect_equal "hostile clients wrote nothing" "$before" "$(file_hash sig.raw)"
+
+# --image-opts: the same option strings served by kiln-nbd and qemu-nbd give
+# the same export (size, read-only flag, contents, map), and the same errors.
+qemu-img create -q -f qcow2 io.qcow2 4M
+qemu-io -f qcow2 -c 'write -P 0x3c 1M 64k' -c 'write -P 0x3d 3M 4k' io.qcow2 >/dev/null
+export_summary() {  # URI: size, read-only flag, contents hash, allocation map
+  nbdinfo --json "$1" | grep -E '"(export-size|is_read_only)"'
+  nbdcopy "$1" - | sha256sum
+  nbdinfo --map "$1"
+}
+image_opts_cases=(
+  "driver=qcow2,file.filename=io.qcow2"
+  "driver=qcow2,file.driver=file,file.filename=io.qcow2,cache.direct=on,l2-cache-size=1M"
+  "driver=raw,offset=1M,size=2M,file.driver=file,file.filename=disk.raw"
+  "driver=file,filename=disk.raw"
+  "file.filename=io.qcow2"
+)
+for opts in "${image_opts_cases[@]}"; do
+  start_server k.sock "$KILN_NBD" -t -r -k "$TEST_DIR/k.sock" --image-opts "$opts"
+  kiln_summary=$(export_summary "$(uri k.sock)")
+  stop_servers
+  start_server q.sock qemu-nbd -t -r -k "$TEST_DIR/q.sock" --image-opts "$opts"
+  qemu_summary=$(export_summary "$(uri q.sock)")
+  stop_servers
+  expect_equal "--image-opts $opts: same export as qemu-nbd" "$qemu_summary" "$kiln_summary"
+done
+# Writable through --image-opts: a write lands in the qcow2 file.
+cp io.qcow2 iow.qcow2
+start_server k.sock "$KILN_NBD" -t -k "$TEST_DIR/k.sock" --image-opts driver=qcow2,file.filename=iow.qcow2
+qemu-io -f raw -c 'write -P 0x5e 2M 64k' "$(uri k.sock)" >/dev/null
+stop_servers
+check "--image-opts: write reached the qcow2 image" qemu-io -r -f qcow2 -c 'read -P 0x5e 2M 64k' iow.qcow2
+image_opts_errors=(
+  "driver=qcow2"                                   # no file
+  "driver=qcow2,file.filename=io.qcow2,read-only=on"  # read-only node, writable export
+  "driver=raw,file.foo=1,file.filename=disk.raw"   # unknown protocol option
+  "driver=raw,bogus=1,file.filename=disk.raw"      # unknown format option
+  "driver=qcow2,file.filename=nonexistent.qcow2"
+)
+for opts in "${image_opts_errors[@]}"; do
+  kerr=$("$KILN_NBD" -k "$TEST_DIR/x.sock" --image-opts "$opts" 2>&1) && fail "--image-opts $opts accepted"
+  qerr=$(qemu-nbd -k "$TEST_DIR/x.sock" --image-opts "$opts" 2>&1) && fail "qemu-nbd accepted $opts"
+  expect_equal "--image-opts $opts: one error line" 1 "$(wc -l <<<"$kerr")"
+  check "--image-opts $opts: error names the option string" grep -qF "Failed to blk_new_open '$opts'" <<<"$kerr"
+done
+for opts in "driver=qcow2" "driver=qcow2,file.filename=io.qcow2,read-only=on" "driver=raw,file.foo=1,file.filename=disk.raw"; do
+  kerr=$("$KILN_NBD" -k "$TEST_DIR/x.sock" --image-opts "$opts" 2>&1 || true)
+  qerr=$(qemu-nbd -k "$TEST_DIR/x.sock" --image-opts "$opts" 2>&1 || true)
+  expect_equal "--image-opts $opts: same message as qemu-nbd" "$(mask_tool_names <<<"$qerr")" "$(mask_tool_names <<<"$kerr")"
+done
+expect_status "--image-opts with -f" 1 "$KILN_NBD" -f raw -k "$TEST_DIR/x.sock" --image-opts driver=raw,file.filename=disk.raw
 
 # Option errors: exit 1 with a one-line message, like qemu-nbd.
 expect_status "missing image" 1 "$KILN_NBD" -k "$TEST_DIR/x.sock" nonexistent.raw

@@ -79,6 +79,62 @@ expect_status "plaintext refused with PSK" 1 nbdinfo "$(uri k.sock)"
 check "PSK server still serves" nbdinfo --size "$PSK_URI"
 stop_servers
 
+# --tls-authz with authz-simple: only the client certificate whose
+# distinguished name matches gets in. The DN text is the one GnuTLS prints for
+# qemu-nbd (the certificate's order, RFC 4514 escaping), and qemu-nbd is run
+# with the same command line as the oracle; commas in the identity are doubled.
+# A value with an escaped comma checks the escaping too.
+mkdir -p laptop
+cp server/ca-cert.pem laptop/
+openssl req -newkey rsa:2048 -nodes -keyout laptop/client-key.pem -out laptop/client.csr \
+  -subj "/C=GB/ST=London/O=Kiln Test\, Ltd/CN=laptop.example.com" 2>/dev/null
+openssl x509 -req -in laptop/client.csr -CA server/ca-cert.pem -CAkey server/ca-key.pem -CAcreateserial -days 2 \
+  -extfile ext.cnf -extensions client -out laptop/client-cert.pem 2>/dev/null
+LAPTOP_DN='C=GB,,ST=London,,O=Kiln Test\,, Ltd,,CN=laptop.example.com'
+for server in "$KILN_NBD" qemu-nbd; do
+  name=$(basename "$server")
+  start_server k.sock "$server" -f raw -t -k "$TEST_DIR/k.sock" "${X509[@]}" \
+    --object "authz-simple,id=auth0,identity=$LAPTOP_DN" --tls-authz auth0 disk.raw
+  check "$name: authorized DN connects" \
+    nbdinfo --size "nbds+unix:///?socket=$TEST_DIR/k.sock&tls-certificates=$TEST_DIR/laptop"
+  expect_status "$name: other DN from the same CA refused" 1 nbdinfo --size "$TLS_URI"
+  check "$name: still serves after a refusal" \
+    nbdinfo --size "nbds+unix:///?socket=$TEST_DIR/k.sock&tls-certificates=$TEST_DIR/laptop"
+  stop_servers
+done
+start_server k.sock "$KILN_NBD" -f raw -t -k "$TEST_DIR/k.sock" "${X509[@]}" \
+  --object "authz-simple,id=auth0,identity=CN=client" --tls-authz auth0 disk.raw
+nbdcopy "$TLS_URI" authz-copy.raw
+expect_equal "nbdcopy as the authorized client" "$(file_hash disk.raw)" "$(file_hash authz-copy.raw)"
+expect_status "authz: laptop refused when only CN=client is allowed" 1 \
+  nbdinfo --size "nbds+unix:///?socket=$TEST_DIR/k.sock&tls-certificates=$TEST_DIR/laptop"
+stop_servers
+
+# With PSK the identity is the PSK username. (qemu-nbd 7.2 accepts the same
+# command line but does not check PSK usernames; kiln-nbd does.)
+cp psk/keys.psk authz.psk
+echo "bob:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff" >> authz.psk
+mkdir -p psk2 && cp authz.psk psk2/keys.psk
+start_server k.sock "$KILN_NBD" -f raw -t -k "$TEST_DIR/k.sock" \
+  --object "tls-creds-psk,id=tls0,dir=$TEST_DIR/psk2,endpoint=server" --tls-creds tls0 \
+  --object "authz-simple,id=auth0,identity=alice" --tls-authz auth0 disk.raw
+check "PSK authz lets alice in" nbdinfo --size "nbds+unix://alice@/?socket=$TEST_DIR/k.sock&tls-psk-file=$TEST_DIR/authz.psk"
+expect_status "PSK authz refuses bob" 1 nbdinfo --size "nbds+unix://bob@/?socket=$TEST_DIR/k.sock&tls-psk-file=$TEST_DIR/authz.psk"
+check "PSK server still serves alice" nbdinfo --size "nbds+unix://alice@/?socket=$TEST_DIR/k.sock&tls-psk-file=$TEST_DIR/authz.psk"
+stop_servers
+
+# Bad authz command lines fail at start-up with one line.
+expect_status "--tls-authz without --tls-creds" 1 "$KILN_NBD" -f raw -k "$TEST_DIR/x.sock" \
+  --object "authz-simple,id=auth0,identity=CN=client" --tls-authz auth0 disk.raw
+expect_status "unknown authz id" 1 "$KILN_NBD" -f raw -k "$TEST_DIR/x.sock" "${X509[@]}" --tls-authz nope disk.raw
+expect_status "authz-simple without identity" 1 "$KILN_NBD" -f raw -k "$TEST_DIR/x.sock" "${X509[@]}" \
+  --object "authz-simple,id=auth0" --tls-authz auth0 disk.raw
+expect_status "authz with verify-peer=off" 1 "$KILN_NBD" -f raw -k "$TEST_DIR/x.sock" \
+  --object "tls-creds-x509,id=tls0,dir=$TEST_DIR/server,endpoint=server,verify-peer=off" --tls-creds tls0 \
+  --object "authz-simple,id=auth0,identity=CN=client" --tls-authz auth0 disk.raw
+check "authz errors are one line naming the object" bash -c \
+  "'$KILN_NBD' -f raw -k '$TEST_DIR/x.sock' ${X509[*]} --tls-authz nope disk.raw 2>&1 | grep -q \"^kiln-nbd: .*'nope'\$\""
+
 # Bad credentials are reported at start-up.
 expect_status "missing certificate directory" 1 "$KILN_NBD" -f raw -k "$TEST_DIR/x.sock" \
   --object "tls-creds-x509,id=tls0,dir=$TEST_DIR/nowhere,endpoint=server" --tls-creds tls0 disk.raw

@@ -7,54 +7,12 @@
 #include <vector>
 
 #include "fixture.h"
+#include "wire_bytes.h"
 #include "session.h"
 #include "wire.h"
 
 namespace kiln::nbd::test {
 namespace {
-
-class CaptureOutput final : public Output {
- public:
-  void send(std::span<const std::span<const std::byte>> parts) override {
-    std::lock_guard lock(mutex_);
-    for (auto part : parts) bytes.insert(bytes.end(), part.begin(), part.end());
-  }
-  std::vector<std::byte> bytes;
-
- private:
-  std::mutex mutex_;
-};
-
-class Bytes {
- public:
-  Bytes& u16(uint16_t v) {
-    data_.resize(data_.size() + 2);
-    store16(data_.data() + data_.size() - 2, v);
-    return *this;
-  }
-  Bytes& u32(uint32_t v) {
-    data_.resize(data_.size() + 4);
-    store32(data_.data() + data_.size() - 4, v);
-    return *this;
-  }
-  Bytes& u64(uint64_t v) {
-    data_.resize(data_.size() + 8);
-    store64(data_.data() + data_.size() - 8, v);
-    return *this;
-  }
-  Bytes& raw(std::string_view s) {
-    for (char c : s) data_.push_back(static_cast<std::byte>(c));
-    return *this;
-  }
-  Bytes& fill(size_t n, char c) {
-    data_.insert(data_.end(), n, static_cast<std::byte>(c));
-    return *this;
-  }
-  const std::vector<std::byte>& data() const { return data_; }
-
- private:
-  std::vector<std::byte> data_;
-};
 
 class SessionTest : public ::testing::Test {
  protected:
@@ -148,11 +106,11 @@ TEST_F(SessionTest, UnknownAndMalformedOptionsGetErrors) {
   b.u64(kOptionMagic).u32(kOptSetMetaContext).u32(0);                  // before structured replies
   b.u64(kOptionMagic).u32(kOptStartTls).u32(0);                        // no TLS configured
   b.u64(kOptionMagic).u32(kOptInfo).u32(9).u32(3).raw("abc").u16(0);   // unknown export
-  b.u64(kOptionMagic).u32(kOptExtendedHeaders).u32(0);
+  b.u64(kOptionMagic).u32(kOptExtendedHeaders).u32(2).u16(0);         // takes no data
   feed(*session, b.data());
   EXPECT_FALSE(session->finished());
   EXPECT_EQ(option_reply_types(), (std::vector<uint32_t>{kRepErrUnsup, kRepErrInvalid, kRepErrInvalid, kRepErrPolicy,
-                                                         kRepErrUnknown, kRepErrUnsup}));
+                                                         kRepErrUnknown, kRepErrInvalid}));
 }
 
 TEST_F(SessionTest, TlsRequiredRefusesPlaintextOptions) {
@@ -241,6 +199,26 @@ TEST_F(SessionTest, BadRequestMagicAndDiscEndTheSession) {
   feed(*session, Bytes().u32(kRequestMagic).u16(0).u16(kCmdDisc).u64(1).u64(0).u32(0).data());
   EXPECT_TRUE(session->finished());
   EXPECT_TRUE(session->end_reason().empty());
+}
+
+TEST(NbdBufferPool, ReusesBestFitAndBoundsIdleBytes) {
+  BufferPool pool(3u << 20);
+  auto first = pool.take(1u << 20);
+  ASSERT_GE(first.size(), 1u << 20);
+  const std::byte* first_data = first.data();
+  pool.give(std::move(first));
+  EXPECT_EQ(pool.idle_bytes(), 1u << 20);
+  auto again = pool.take(4096);  // reused, not allocated
+  EXPECT_EQ(again.data(), first_data);
+  EXPECT_EQ(pool.idle_bytes(), 0u);
+  pool.give(std::move(again));
+  pool.give(std::vector<std::byte>(2u << 20));
+  EXPECT_EQ(pool.idle_bytes(), 3u << 20);
+  pool.give(std::vector<std::byte>(4096));  // over the limit: freed, not kept
+  EXPECT_EQ(pool.idle_bytes(), 3u << 20);
+  EXPECT_EQ(pool.take(1536u << 10).size(), 2u << 20);  // the smallest that fits
+  EXPECT_EQ(pool.take(8u << 20).size(), 8u << 20);     // none fits: a new one
+  EXPECT_EQ(pool.idle_bytes(), 1u << 20);
 }
 
 }  // namespace
