@@ -86,6 +86,23 @@ TEST_F(RawTest, ProbingFindsRawAndGuardsTheFirstSector) {
   // Plain data into sector 0 is fine.
   auto data = pattern(512, 1);
   image->write(0, data);
+
+  // A qcow2 header (magic "QFI\xfb", version 3) into sector 0 of a probed raw
+  // image would make it probe as qcow2 next time: refused, image unchanged.
+  std::vector<std::byte> header(512, std::byte{0});
+  const unsigned char magic[] = {'Q', 'F', 'I', 0xfb, 0, 0, 0, 3};
+  std::memcpy(header.data(), magic, sizeof magic);
+  EXPECT_THROW(image->write(0, header), Error);
+  std::vector<std::byte> back(512);
+  image->read(0, back);
+  EXPECT_EQ(back, data);
+
+  // With the format given explicitly, the same write is the user's choice.
+  image.reset();
+  auto explicit_raw = Image::open(file, {.format = "raw"});
+  explicit_raw->write(0, header);
+  explicit_raw->read(0, back);
+  EXPECT_EQ(back, header);
 }
 
 TEST_F(RawTest, OutOfRangeRequestsAreRefused) {
