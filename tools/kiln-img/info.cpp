@@ -136,10 +136,9 @@ void print_human(block::Node& node, const ordered_json& info) {
 
 int run_info(const InfoArgs& args) {
   const OutputFormat output = parse_output_format(args.output);
-  // info reads only metadata, so like qemu-img info it shares the image with
-  // writers instead of failing on their lock.
-  ImageArgs image_args = args.image;
-  image_args.force_share = true;
+  // Locks as qemu-img info: raw readers share writes; formats with cached
+  // metadata (qcow2) do not, so -U is needed while a writer holds the image.
+  const ImageArgs& image_args = args.image;
   auto secrets = parse_objects(args.objects);
   std::unique_ptr<block::Image> image;
   if (args.backing_chain) {

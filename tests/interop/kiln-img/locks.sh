@@ -45,6 +45,25 @@ expect_status "qemu-img resize refused" 1 qemu-img resize -f raw img.raw 256M
 expect_status "qemu-img map (a raw reader) allowed" 0 qemu-img map -f raw img.raw
 stop_holder
 
+# qcow2 readers cache metadata, so they do not share writes (as qemu's): while
+# qemu-io writes a qcow2 image, kiln-img info is refused unless -U forces sharing.
+qemu-img create -q -f qcow2 img.qcow2 64M
+mkfifo qemu-qcow2-commands
+qemu-io -f qcow2 img.qcow2 <qemu-qcow2-commands >/dev/null 2>&1 &
+holder=$!
+exec 7>qemu-qcow2-commands
+check "qemu-io holds the qcow2 lock" wait_for_writer img.qcow2
+expect_status "qemu-img info refused" 1 qemu-img info img.qcow2
+message=$("$KILN_IMG" info img.qcow2 2>&1 || true)
+expect_equal "kiln-img info refused, as qemu-img info" \
+  "kiln-img: Could not open 'img.qcow2': Failed to get shared \"write\" lock (is another process using the image?)" "$message"
+expect_status "kiln-img info -U allowed" 0 "$KILN_IMG" info -U img.qcow2
+echo quit >&7
+exec 7>&-
+wait "$holder" 2>/dev/null || true
+holder=""
+expect_status "kiln-img info once qemu-io quits" 0 "$KILN_IMG" info img.qcow2
+
 # Two Kiln writers exclude each other too.
 "$KILN_IMG" bench -w -c 100000000 -d 1 -f raw img.raw >/dev/null 2>&1 &
 holder=$!
