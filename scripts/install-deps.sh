@@ -10,7 +10,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libfmt-dev libzstd-dev zlib1g-dev libdeflate-dev
   libssl-dev libnbd-dev liburing-dev libzydis-dev libxbyak-dev libcapstone-dev
   # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev time xxd jq socat e2fsprogs util-linux binutils openssl
+  libgtest-dev libgmock-dev libbenchmark-dev time xxd jq socat e2fsprogs util-linux binutils openssl python3 bc
   # the QEMU tools Kiln is checked against
   qemu-utils libnbd-bin nbdkit qemu-system-x86 qemu-guest-agent
 )
