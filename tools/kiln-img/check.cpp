@@ -56,7 +56,7 @@ void print_json(const block::CheckResult& result, const block::Image& image) {
   if (result.leaks != 0) json["leaks"] = result.leaks;
   if (result.corruptions_fixed != 0) json["corruptions-fixed"] = result.corruptions_fixed;
   if (result.leaks_fixed != 0) json["leaks-fixed"] = result.leaks_fixed;
-  json["total-clusters"] = result.total_clusters;
+  if (result.total_clusters != 0) json["total-clusters"] = result.total_clusters;  // qemu omits an unset count
   json["check-errors"] = result.check_errors;
   if (result.allocated_clusters != 0) {
     json["allocated-clusters"] = result.allocated_clusters;

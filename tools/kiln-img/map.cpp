@@ -48,7 +48,8 @@ void print_json_entry(const MapEntry& entry, bool first) {
 }
 
 void print_human_entry(const MapEntry& entry) {
-  if (!entry.data || !entry.has_offset) return;
+  // As qemu: ranges that read as zeroes are left out even when stored (e.g. holes of a static VDI file).
+  if (!entry.data || entry.zero || !entry.has_offset) return;
   fmt::print("{:<16}{:<16}{:<16}{}\n", hex(entry.start), hex(entry.length), hex(entry.offset), entry.file);
 }
 
