@@ -9,12 +9,14 @@ namespace kiln::block {
 
 const FormatDriver& raw_driver();
 const FormatDriver& qcow2_driver();
+const FormatDriver& vmdk_driver();
 const FormatDriver& vdi_driver();
 
 std::span<const FormatDriver* const> formats() {
-  static const std::array<const FormatDriver*, 3> all = {
+  static const std::array<const FormatDriver*, 4> all = {
       &raw_driver(),
       &qcow2_driver(),
+      &vmdk_driver(),
       &vdi_driver(),
   };
   return all;
