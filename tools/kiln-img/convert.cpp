@@ -104,10 +104,12 @@ class Converter {
     } else if (args_.compress) {
       // Compressed clusters are written whole: a cluster is zero only when all of it is.
       const uint64_t span = std::min(chunk_, remaining);
-      const bool zero = block::reads_as_hole(status.flags) && status.length >= span;
+      const bool zero = (status.flags & block::kStatusZero) && status.length >= span;
       segment.kind = zero ? Segment::Kind::Zero : Segment::Kind::Copy;
       segment.length = zero && status.length >= chunk_ ? status.length / chunk_ * chunk_ : span;
-    } else if (block::reads_as_hole(status.flags)) {
+    } else if (status.flags & block::kStatusZero) {
+      // Reads as zeroes, stored or not (flat VMDK holes report data + zero, as
+      // in qemu): never read it, write zeroes (or a hole) instead.
       segment.kind = Segment::Kind::Zero;
     } else {
       segment.length = std::min(status.length, chunk_);
