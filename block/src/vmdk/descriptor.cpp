@@ -223,20 +223,22 @@ Descriptor parse_descriptor(std::string_view text, std::string_view name) {
   return d;
 }
 
-std::string resolve_extent_path(const std::string& descriptor_path, const std::string& extent_name) {
+std::string resolve_extent_path(const std::string& descriptor_path, const std::string& extent_name, bool allow_outside) {
   if (extent_name.empty()) throw invalid_argument("Could not open '{}': empty extent file name", descriptor_path);
   if (extent_name.front() == '/') {
+    if (allow_outside) return extent_name;
     throw Error(EPERM, fmt::format("Could not open '{}': extent file name '{}' is absolute; only names relative to the descriptor's folder "
-                                   "are accepted",
+                                   "are accepted (open with extent-paths=any to allow it)",
                                    descriptor_path, quote_line(extent_name)));
   }
   size_t start = 0;
   while (start <= extent_name.size()) {
     size_t slash = extent_name.find('/', start);
     if (slash == std::string::npos) slash = extent_name.size();
-    if (std::string_view(extent_name).substr(start, slash - start) == "..") {
-      throw Error(EPERM, fmt::format("Could not open '{}': extent file name '{}' climbs out of the descriptor's folder", descriptor_path,
-                                     quote_line(extent_name)));
+    if (!allow_outside && std::string_view(extent_name).substr(start, slash - start) == "..") {
+      throw Error(EPERM, fmt::format("Could not open '{}': extent file name '{}' climbs out of the descriptor's folder (open with "
+                                     "extent-paths=any to allow it)",
+                                     descriptor_path, quote_line(extent_name)));
     }
     start = slash + 1;
   }

@@ -52,8 +52,11 @@ Descriptor parse_descriptor(std::string_view text, std::string_view name);
 
 // Checks an extent file name from a descriptor: it must be relative and stay
 // inside the descriptor's folder. Returns the path to open (joined with the
-// descriptor's folder). Throws kiln::Error naming `descriptor_path` otherwise.
-std::string resolve_extent_path(const std::string& descriptor_path, const std::string& extent_name);
+// descriptor's folder). Throws kiln::Error naming `descriptor_path` otherwise,
+// unless the user allowed names outside the folder (open option
+// extent-paths=any): an image from elsewhere must not read or write arbitrary
+// host files just by being opened.
+std::string resolve_extent_path(const std::string& descriptor_path, const std::string& extent_name, bool allow_outside = false);
 
 // What qemu-img writes for a new image.
 struct DescriptorSettings {

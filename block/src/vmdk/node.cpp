@@ -56,6 +56,13 @@ VmdkNode::VmdkNode(std::unique_ptr<Node> file, const OpenContext& context) : fil
   read_only_ = context.options.read_only || file_->read_only();
   for (const auto& [key, value] : context.options.driver_options) {
     if (key.rfind("file.", 0) == 0) continue;
+    if (key == "extent-paths") {
+      if (value != "any" && value != "inside") {
+        throw invalid_argument("Could not open '{}': extent-paths must be 'inside' or 'any', not '{}'", filename(), value);
+      }
+      extent_paths_anywhere_ = value == "any";
+      continue;
+    }
     throw invalid_argument("Could not open '{}': Invalid parameter '{}' for format vmdk", filename(), key);
   }
   const uint64_t file_size = file_->size();
@@ -237,7 +244,7 @@ void VmdkNode::open_extents(const OpenContext& context) {
         throw Error(ENOTSUP, fmt::format("Could not open '{}': extent type '{}' is not supported", filename(), line.type_name));
     }
     if (extent.kind != ExtentKind::Zero) {
-      extent.path = resolve_extent_path(filename(), line.filename);
+      extent.path = resolve_extent_path(filename(), line.filename, extent_paths_anywhere_);
       ProtocolOptions options{.read_only = extent.read_only, .cache = context.options.cache, .force_share = context.options.force_share,
                               .locking = false, .create = false};
       try {

@@ -129,6 +129,7 @@ class VmdkNode final : public Node {
   std::vector<Extent> extents_;
   uint64_t size_ = 0;
   bool read_only_ = false;
+  bool extent_paths_anywhere_ = false;  // open option extent-paths=any
   std::atomic<bool> cid_updated_{false};
   std::mutex cid_mutex_;
 

@@ -371,6 +371,22 @@ TEST(VmdkData, MalformedFilesFailWithOneLineErrors) {
   const std::string absolute = dir.file("abs.vmdk");
   std::ofstream(absolute) << "version=1\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"/etc/passwd\" 0\n";
   expect_error(absolute, "is absolute");
+  {
+    // Allowed only when the user asks for it: extent-paths=any.
+    std::filesystem::create_directories(dir.file("sub"));
+    std::ofstream(dir.file("outside-flat.bin"), std::ios::binary) << std::string(4096, '\xab');
+    const std::string climbing = dir.file("sub/climb.vmdk");
+    std::ofstream(climbing) << "version=1\nCID=1\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"../outside-flat.bin\" 0\n";
+    expect_error(climbing, "extent-paths=any");
+    OpenOptions allow;
+    allow.format = "vmdk";
+    allow.read_only = true;
+    allow.driver_options.emplace_back("extent-paths", "any");
+    auto img = Image::open(climbing, allow);
+    std::vector<std::byte> back(4096);
+    img->read(0, back);
+    EXPECT_EQ(back, std::vector<std::byte>(4096, std::byte{0xab}));
+  }
   const std::string missing = dir.file("missing.vmdk");
   std::ofstream(missing) << "version=1\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"nothere.vmdk\" 0\n";
   expect_error(missing, "nothere.vmdk");

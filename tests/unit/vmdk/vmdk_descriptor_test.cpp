@@ -150,6 +150,9 @@ TEST(VmdkDescriptor, ExtentNamesStayInTheFolder) {
       EXPECT_NE(std::string(error.what()).find("dir/x.vmdk"), std::string::npos);
     }
   }
+  // Allowed only when the user says so explicitly (extent-paths=any).
+  EXPECT_EQ(resolve_extent_path("dir/x.vmdk", "/etc/passwd", true), "/etc/passwd");
+  EXPECT_EQ(resolve_extent_path("dir/x.vmdk", "../y.vmdk", true), "dir/../y.vmdk");
 }
 
 TEST(VmdkDescriptor, ProbesLikeQemu) {
