@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # convert.sh: times kiln-img convert against qemu-img convert in the same run on
-# the same mixed 2 GiB raw image, alternating which tool goes first, and prints
+# the same mixed 2 GiB raw image (raw, vmdk and vdi targets), alternating which tool goes first, and prints
 # a Markdown table of median times, the ratio kiln/qemu and peak RSS.
 # Usage: bench/convert.sh [BUILD_BIN_DIR] [RUNS] [SIZE_MIB]
 set -euo pipefail
@@ -19,6 +19,9 @@ cases=(
   "raw → raw|convert -f raw -O raw SRC DST"
   "raw → raw -S 0 (fully allocated)|convert -f raw -O raw -S 0 SRC DST"
   "raw → raw -S 64k|convert -f raw -O raw -S 64k SRC DST"
+  "raw → vmdk (monolithicSparse)|convert -f raw -O vmdk SRC DST"
+  "raw → vmdk (streamOptimized)|convert -f raw -O vmdk -o subformat=streamOptimized SRC DST"
+  "raw → vdi|convert -f raw -O vdi SRC DST"
 )
 
 # time_one TOOL ARGS: prints "seconds peak_rss_kib".
