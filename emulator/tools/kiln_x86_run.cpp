@@ -1,9 +1,11 @@
 // kiln-x86-run: runs a flat x86 binary in the translator (user mode, no OS),
 // for tests and for looking at translations with -d in_asm,op,op_opt,exec,cpu.
 // SYSCALL implements just exit (60) and write (1) to stdout/stderr, Linux numbering.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <span>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -61,10 +63,23 @@ int main(int argc, char** argv) {
         uint64_t nr = cpu.state.regs[RAX];
         if (nr == 60 || nr == 231) return static_cast<int>(cpu.state.regs[RDI] & 0xff);
         if (nr == 1) {
-          std::vector<uint8_t> buf(cpu.state.regs[RDX]);
-          memory.read_bytes(cpu.state.regs[RSI], buf);
-          std::fwrite(buf.data(), 1, buf.size(), cpu.state.regs[RDI] == 2 ? stderr : stdout);
-          cpu.state.regs[RAX] = buf.size();
+          // The guest chooses the length: copy through a bounded buffer, and
+          // stop at the first unmapped byte as write(2) would (-EFAULT).
+          std::FILE* out = cpu.state.regs[RDI] == 2 ? stderr : stdout;
+          std::vector<uint8_t> chunk(kPageSize);
+          uint64_t done = 0;
+          const uint64_t length = cpu.state.regs[RDX];
+          try {
+            while (done < length) {
+              const uint64_t address = cpu.state.regs[RSI] + done;
+              const uint64_t piece = std::min<uint64_t>(length - done, kPageSize - (address & ~kPageMask));
+              memory.read_bytes(address, std::span(chunk).first(piece));
+              std::fwrite(chunk.data(), 1, piece, out);
+              done += piece;
+            }
+          } catch (const kiln::Error&) {
+          }
+          cpu.state.regs[RAX] = done > 0 || length == 0 ? done : static_cast<uint64_t>(-14);  // EFAULT
         } else {
           cpu.state.regs[RAX] = static_cast<uint64_t>(-38);  // ENOSYS
         }
