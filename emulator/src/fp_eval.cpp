@@ -117,12 +117,25 @@ __attribute__((target("sse4.1"))) void round_imm(FpOp op, __m128 a, __m128 b, __
 template <int... I>
 void round_dispatch(unsigned imm, FpOp op, __m128 a, __m128 b, __m128d ad, __m128d bd, uint64_t r[2],
                     std::integer_sequence<int, I...>) {
-  ((imm == static_cast<unsigned>(I) ? (round_imm<I>(op, a, b, ad, bd, r), true) : false) || ...);
+  (void)((imm == static_cast<unsigned>(I) ? (round_imm<I>(op, a, b, ad, bd, r), true) : false) || ...);
+}
+
+// DPPS/DPPD likewise, over all 256 immediates.
+template <int Imm>
+__attribute__((target("sse4.1"))) void dp_imm(FpOp op, __m128 a, __m128 b, __m128d ad, __m128d bd, uint64_t r[2]) {
+  if (op == FpOp::DpPS) store(r, _mm_dp_ps(opaque(a), opaque(b), Imm));
+  else store(r, _mm_dp_pd(opaque(ad), opaque(bd), Imm));
+}
+template <int... I>
+void dp_dispatch(unsigned imm, FpOp op, __m128 a, __m128 b, __m128d ad, __m128d bd, uint64_t r[2],
+                 std::integer_sequence<int, I...>) {
+  (void)((imm == static_cast<unsigned>(I) ? (dp_imm<I>(op, a, b, ad, bd, r), true) : false) || ...);
 }
 
 }  // namespace
 
 bool host_has_sse41() { return __builtin_cpu_supports("sse4.1") && __builtin_cpu_supports("sse3"); }
+bool host_has_sse42() { return host_has_sse41() && __builtin_cpu_supports("sse4.2"); }
 
 const char* fp_op_name(FpOp op) {
   static constexpr const char* kNames[] = {
@@ -216,6 +229,9 @@ __attribute__((noinline)) bool eval_fp(FpOp op, uint32_t aux, const uint64_t a64
       break;
     case FpOp::RoundPS: case FpOp::RoundPD: case FpOp::RoundSS: case FpOp::RoundSD:
       round_dispatch(aux & 15, op, a, b, ad, bd, r, std::make_integer_sequence<int, 16>{});
+      break;
+    case FpOp::DpPS: case FpOp::DpPD:
+      dp_dispatch(aux & 0xff, op, a, b, ad, bd, r, std::make_integer_sequence<int, 256>{});
       break;
     case FpOp::Count: break;
   }

@@ -280,6 +280,12 @@ class Translator {
   void set_zf_only(Value zf_bool);
   bool sse(ZydisMnemonic m);
   bool sse_fp(ZydisMnemonic m);
+  void x87();
+  bool uses_mmx() const {
+    for (unsigned i = 0; i < insn_.operand_count; ++i)
+      if (is_reg(i) && ZydisRegisterGetClass(ops_[i].reg.value) == ZYDIS_REGCLASS_MMX) return true;
+    return false;
+  }
   bool mmx(ZydisMnemonic m);
   unsigned mmx_index(unsigned i) const { return static_cast<unsigned>(ops_[i].reg.value - ZYDIS_REGISTER_MM0); }
   Value get_mmx(unsigned index) { return b_.emit(Op::GetMmx, Type::I64, {}, index); }
@@ -369,11 +375,21 @@ void Translator::translate(uint64_t start) {
     for (auto& o : override_) o = {};
     const size_t insn_begin = block_.insts.size();
     unsupported_operand_ = false;
+    if (uses_mmx() || insn_.mnemonic == ZYDIS_MNEMONIC_EMMS) {
+      // MMX instructions first check for a pending unmasked x87 exception (#MF).
+      Value unmasked = b_.and_(b_.get_field(ir::StateField::FpuStatus),
+                               b_.and_(b_.unary(Op::Not, b_.get_field(ir::StateField::FpuControl)), c64(0x3f)));
+      raise_if(b_.cmp(Op::CmpNe, unmasked, c64(0)), Vector::MF);
+    }
     translate_insn();
     if (unsupported_operand_) {  // drop what was emitted and fault instead
       block_.insts.resize(insn_begin);
       ended_ = false;
       raise(Vector::UD);
+    } else if (!ended_ && uses_mmx()) {
+      // Any MMX instruction (after its faulting accesses) switches the x87 unit to MMX use.
+      b_.set_field(ir::StateField::FpuTop, c64(0));
+      b_.set_field(ir::StateField::FpuTags, c64(0xff));
     }
     ++block_.guest_insns;
     block_.guest_bytes += insn_.length;
@@ -1426,6 +1442,33 @@ bool Translator::sse_fp(ZydisMnemonic m) {
       set_xmm(xmm_index(0), vec(ir::VecOp::MinPosUW, src, src));
       return true;
     }
+    case ZYDIS_MNEMONIC_MPSADBW: {
+      if (!is_xmm(0)) return false;
+      Value src = vec_source(1, true);
+      const uint32_t imm = static_cast<uint32_t>(ops_[2].imm.value.u & 7);
+      set_xmm(xmm_index(0), vec(ir::VecOp::MpsadBW, get_xmm(xmm_index(0)), src, imm));
+      return true;
+    }
+    case ZYDIS_MNEMONIC_DPPS: case ZYDIS_MNEMONIC_DPPD: {
+      if (!is_xmm(0) || !ir::host_has_sse41()) return false;
+      Value src = vec_source(1, true);
+      set_xmm(xmm_index(0), fp(m == ZYDIS_MNEMONIC_DPPS ? FpOp::DpPS : FpOp::DpPD, get_xmm(xmm_index(0)), src,
+                               static_cast<uint32_t>(ops_[2].imm.value.u & 0xff)));
+      return true;
+    }
+    case ZYDIS_MNEMONIC_PCMPESTRI: case ZYDIS_MNEMONIC_PCMPESTRM: case ZYDIS_MNEMONIC_PCMPISTRI:
+    case ZYDIS_MNEMONIC_PCMPISTRM: {
+      // A helper runs the host's SSE4.2 instruction: a = first operand's register | imm << 8 |
+      // form << 16 | REX.W << 18; b, c = the second operand (no alignment requirement).
+      if (!is_xmm(0) || !ir::host_has_sse42()) return false;
+      Value src = vec_source(1, false);
+      const uint64_t form = m == ZYDIS_MNEMONIC_PCMPESTRI ? 0 : m == ZYDIS_MNEMONIC_PCMPESTRM ? 1
+                          : m == ZYDIS_MNEMONIC_PCMPISTRI ? 2 : 3;
+      const bool rex_w = (insn_.attributes & ZYDIS_ATTRIB_HAS_REX) && insn_.raw.rex.W;
+      helper(HelperId::StringCompare, {c64(xmm_index(0) | ((ops_[2].imm.value.u & 0xff) << 8) | (form << 16) |
+                                           (uint64_t{rex_w} << 18)), vec_lo(src), vec_hi(src)});
+      return true;
+    }
     case ZYDIS_MNEMONIC_COMISS: case ZYDIS_MNEMONIC_UCOMISS: case ZYDIS_MNEMONIC_COMISD: case ZYDIS_MNEMONIC_UCOMISD: {
       FpOp op = m == ZYDIS_MNEMONIC_COMISS ? FpOp::ComiSS : m == ZYDIS_MNEMONIC_UCOMISS ? FpOp::UcomiSS
               : m == ZYDIS_MNEMONIC_COMISD ? FpOp::ComiSD : FpOp::UcomiSD;
@@ -1606,6 +1649,31 @@ bool Translator::mmx(ZydisMnemonic m) {
   }
 }
 
+// x87 (escape bytes D8..DF): one helper call that runs the instruction on the
+// host's x87 unit (x87.cpp); the helper performs the memory accesses itself.
+void Translator::x87() {
+  const unsigned modrm = (insn_.raw.modrm.mod << 6) | (insn_.raw.modrm.reg << 3) | insn_.raw.modrm.rm;
+  const unsigned fop = ((insn_.opcode & 7u) << 8) | modrm;
+  if (!x87_encoding_supported(fop)) return raise(Vector::UD);
+  if (insn_.raw.modrm.mod == 3) {
+    helper(HelperId::X87, {c64(fop)});
+    return;
+  }
+  int mem = -1;
+  for (unsigned i = 0; i < insn_.operand_count; ++i)
+    if (ops_[i].type == ZYDIS_OPERAND_TYPE_MEMORY) mem = static_cast<int>(i);
+  if (mem < 0) return raise(Vector::UD);
+  const bool has66 = insn_.attributes & ZYDIS_ATTRIB_HAS_OPERANDSIZE;
+  const bool rex_w = insn_.attributes & ZYDIS_ATTRIB_HAS_REX && insn_.raw.rex.W;
+  const bool operand16 = mode_.code == CodeSize::Bits16 ? !has66 : has66 && !rex_w;
+  const ZydisDecodedOperand& op = ops_[mem];
+  const uint64_t seg = op.mem.segment >= ZYDIS_REGISTER_ES && op.mem.segment <= ZYDIS_REGISTER_GS
+                           ? static_cast<uint64_t>(op.mem.segment - ZYDIS_REGISTER_ES) : static_cast<uint64_t>(DS);
+  const uint64_t insn = fop | (operand16 ? uint64_t{kX87Operand16} : uint64_t{0}) | (seg << kX87SegmentShift);
+  Value ea = effective_address(op);
+  helper(HelperId::X87, {c64(insn), linear(ea, op.mem.segment), ea});
+}
+
 void Translator::translate_insn() {
   const ZydisMnemonic m = insn_.mnemonic;
   switch (m) {
@@ -1736,7 +1804,32 @@ void Translator::translate_insn() {
     case ZYDIS_MNEMONIC_AAM: helper(HelperId::Aam, {c64(ops_[0].imm.value.u)}); return;
     case ZYDIS_MNEMONIC_AAD: helper(HelperId::Aad, {c64(ops_[0].imm.value.u)}); return;
     case ZYDIS_MNEMONIC_CPUID: helper(HelperId::Cpuid, {}); return;
-    case ZYDIS_MNEMONIC_EMMS: return;  // x87 tags are not modelled yet
+    case ZYDIS_MNEMONIC_EMMS: return b_.set_field(ir::StateField::FpuTags, c64(0));
+    case ZYDIS_MNEMONIC_FWAIT: helper(HelperId::Fwait, {}); return;
+    case ZYDIS_MNEMONIC_FXSAVE: case ZYDIS_MNEMONIC_FXSAVE64: case ZYDIS_MNEMONIC_FXRSTOR:
+    case ZYDIS_MNEMONIC_FXRSTOR64: {
+      const bool save = m == ZYDIS_MNEMONIC_FXSAVE || m == ZYDIS_MNEMONIC_FXSAVE64;
+      const bool wide = m == ZYDIS_MNEMONIC_FXSAVE64 || m == ZYDIS_MNEMONIC_FXRSTOR64;
+      helper(save ? HelperId::Fxsave : HelperId::Fxrstor,
+             {mem_address(ops_[0]), c64(wide), c64(mode_.code == CodeSize::Bits64)});
+      return;
+    }
+    case ZYDIS_MNEMONIC_MASKMOVDQU: case ZYDIS_MNEMONIC_MASKMOVQ: {
+      // Byte-masked store to DS:rDI (hidden memory operand) in a helper: unselected bytes are not written.
+      const bool mm = m == ZYDIS_MNEMONIC_MASKMOVQ;
+      const unsigned base = mm ? ZYDIS_REGISTER_MM0 : ZYDIS_REGISTER_XMM0;
+      int mem = -1;
+      for (unsigned i = 0; i < insn_.operand_count; ++i)
+        if (ops_[i].type == ZYDIS_OPERAND_TYPE_MEMORY) mem = static_cast<int>(i);
+      if (mem < 0 || !is_reg(0) || !is_reg(1)) return raise(Vector::UD);
+      const uint64_t regs = (ops_[0].reg.value - base) | ((ops_[1].reg.value - base) << 8) | (mm ? 1u << 16 : 0u);
+      if (mm) {  // MASKMOVQ enters MMX use even when its store faults (as observed on hardware)
+        b_.set_field(ir::StateField::FpuTop, c64(0));
+        b_.set_field(ir::StateField::FpuTags, c64(0xff));
+      }
+      helper(HelperId::MaskMove, {mem_address(ops_[mem]), c64(regs)});
+      return;
+    }
     case ZYDIS_MNEMONIC_RDTSC: helper(HelperId::Rdtsc, {}); return;
     case ZYDIS_MNEMONIC_MOVNTI: {
       Loc d = loc(0);
@@ -1767,6 +1860,7 @@ void Translator::translate_insn() {
       helper(HelperId::Syscall, {});
       return end_exit(next_pc_);
     default:
+      if (insn_.opcode_map == ZYDIS_OPCODE_MAP_DEFAULT && insn_.opcode >= 0xd8 && insn_.opcode <= 0xdf) return x87();
       if (sse(m)) return;
       // A valid encoding the translator does not implement yet: #UD in the guest.
       return raise(Vector::UD);

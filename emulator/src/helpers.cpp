@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "kiln/emulator/cpu.h"
+#include "kiln/emulator/fp_eval.h"
 #include "kiln/emulator/ir_eval.h"
 #include "kiln/emulator/lazy_flags.h"
 
@@ -213,8 +215,11 @@ uint64_t h_cpuid(CpuState& cpu, uint64_t, uint64_t, uint64_t, uint64_t) {
     case 0: a = 7; vendor("GenuineIntel"); break;
     case 1:
       a = 0x000306a9;                      // family 6 model 58 stepping 9
-      d = (1u << 4) | (1u << 8) | (1u << 15);  // TSC, CX8, CMOV
+      // FPU, TSC, CX8, CMOV, MMX, FXSR, SSE, SSE2
+      d = (1u << 0) | (1u << 4) | (1u << 8) | (1u << 15) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);
       c = (1u << 13) | (1u << 23);         // CMPXCHG16B, POPCNT
+      // SSE3 and SSSE3 are complete but their FP ops run on the host's SSE4.1-era units.
+      if (ir::host_has_sse41()) c |= (1u << 0) | (1u << 9);
       break;
     case 7:
       if (sub == 0) b = (1u << 3);  // BMI1 (TZCNT)
@@ -276,19 +281,28 @@ uint64_t h_crc32(CpuState&, uint64_t crc, uint64_t value, uint64_t bytes, uint64
   return c;
 }
 
+// Most helpers only need the architectural state.
+template <uint64_t (*F)(CpuState&, uint64_t, uint64_t, uint64_t, uint64_t)>
+uint64_t on_state(Cpu& cpu, uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+  return F(cpu.state, a, b, c, d);
+}
+
 constexpr HelperInfo kHelpers[] = {
-    {"div_u8", ir::Type::Void, div_unsigned<8>},   {"div_u16", ir::Type::Void, div_unsigned<16>},
-    {"div_u32", ir::Type::Void, div_unsigned<32>}, {"div_u64", ir::Type::Void, div_unsigned<64>},
-    {"div_s8", ir::Type::Void, div_signed<8>},     {"div_s16", ir::Type::Void, div_signed<16>},
-    {"div_s32", ir::Type::Void, div_signed<32>},   {"div_s64", ir::Type::Void, div_signed<64>},
-    {"rcl", ir::Type::I64, h_rcl},                 {"rcr", ir::Type::I64, h_rcr},
-    {"daa", ir::Type::Void, h_daa},                {"das", ir::Type::Void, h_das},
-    {"aaa", ir::Type::Void, h_aaa},                {"aas", ir::Type::Void, h_aas},
-    {"aam", ir::Type::Void, h_aam},                {"aad", ir::Type::Void, h_aad},
-    {"cpuid", ir::Type::Void, h_cpuid},            {"rdtsc", ir::Type::Void, h_rdtsc},
-    {"halt", ir::Type::Void, h_halt},              {"syscall", ir::Type::Void, h_syscall},
-    {"pdep", ir::Type::I64, h_pdep},               {"pext", ir::Type::I64, h_pext},
-    {"crc32", ir::Type::I64, h_crc32},
+    {"div_u8", ir::Type::Void, on_state<div_unsigned<8>>},   {"div_u16", ir::Type::Void, on_state<div_unsigned<16>>},
+    {"div_u32", ir::Type::Void, on_state<div_unsigned<32>>}, {"div_u64", ir::Type::Void, on_state<div_unsigned<64>>},
+    {"div_s8", ir::Type::Void, on_state<div_signed<8>>},     {"div_s16", ir::Type::Void, on_state<div_signed<16>>},
+    {"div_s32", ir::Type::Void, on_state<div_signed<32>>},   {"div_s64", ir::Type::Void, on_state<div_signed<64>>},
+    {"rcl", ir::Type::I64, on_state<h_rcl>},                 {"rcr", ir::Type::I64, on_state<h_rcr>},
+    {"daa", ir::Type::Void, on_state<h_daa>},                {"das", ir::Type::Void, on_state<h_das>},
+    {"aaa", ir::Type::Void, on_state<h_aaa>},                {"aas", ir::Type::Void, on_state<h_aas>},
+    {"aam", ir::Type::Void, on_state<h_aam>},                {"aad", ir::Type::Void, on_state<h_aad>},
+    {"cpuid", ir::Type::Void, on_state<h_cpuid>},            {"rdtsc", ir::Type::Void, on_state<h_rdtsc>},
+    {"halt", ir::Type::Void, on_state<h_halt>},              {"syscall", ir::Type::Void, on_state<h_syscall>},
+    {"pdep", ir::Type::I64, on_state<h_pdep>},               {"pext", ir::Type::I64, on_state<h_pext>},
+    {"crc32", ir::Type::I64, on_state<h_crc32>},
+    {"x87", ir::Type::Void, helper_x87},           {"fwait", ir::Type::Void, helper_fwait},           {"fxsave", ir::Type::Void, helper_fxsave},
+    {"fxrstor", ir::Type::Void, helper_fxrstor},   {"maskmove", ir::Type::Void, helper_maskmove},
+    {"pcmpstr", ir::Type::Void, helper_string_compare},
 };
 static_assert(std::size(kHelpers) == static_cast<size_t>(HelperId::Count));
 

@@ -84,6 +84,10 @@ ExecResult interpret(Cpu& cpu, const ExecBlock& block, std::vector<uint64_t>& fr
         switch (static_cast<ir::StateField>(e.imm)) {
           case ir::StateField::RflagsOther: s[e.dst] = st.rflags_other; break;
           case ir::StateField::Mxcsr: s[e.dst] = st.mxcsr; break;
+          case ir::StateField::FpuTop: s[e.dst] = st.fpu.top; break;
+          case ir::StateField::FpuTags: s[e.dst] = st.fpu.tags; break;
+          case ir::StateField::FpuStatus: s[e.dst] = st.fpu.fsw; break;
+          case ir::StateField::FpuControl: s[e.dst] = st.fpu.fcw; break;
           default: s[e.dst] = st.seg_base[e.imm - 1]; break;
         }
         break;
@@ -91,6 +95,10 @@ ExecResult interpret(Cpu& cpu, const ExecBlock& block, std::vector<uint64_t>& fr
         switch (static_cast<ir::StateField>(e.imm)) {
           case ir::StateField::RflagsOther: st.rflags_other = s[e.a]; break;
           case ir::StateField::Mxcsr: st.mxcsr = static_cast<uint32_t>(s[e.a]); break;
+          case ir::StateField::FpuTop: st.fpu.top = static_cast<uint8_t>(s[e.a] & 7); break;
+          case ir::StateField::FpuTags: st.fpu.tags = static_cast<uint8_t>(s[e.a]); break;
+          case ir::StateField::FpuStatus: st.fpu.fsw = static_cast<uint16_t>(s[e.a] & ~uint64_t{0x3800}); break;
+          case ir::StateField::FpuControl: st.fpu.fcw = static_cast<uint16_t>(s[e.a]); break;
           default: st.seg_base[e.imm - 1] = s[e.a]; break;
         }
         break;
@@ -102,8 +110,11 @@ ExecResult interpret(Cpu& cpu, const ExecBlock& block, std::vector<uint64_t>& fr
         st.xmm[e.imm].lo = s[e.a];
         st.xmm[e.imm].hi = s[e.a + 1];
         break;
-      case Op::GetMmx: s[e.dst] = st.mmx[e.imm]; break;
-      case Op::SetMmx: st.mmx[e.imm] = s[e.a]; break;
+      case Op::GetMmx: s[e.dst] = st.fpu.regs[e.imm].significand; break;
+      case Op::SetMmx:
+        st.fpu.regs[e.imm].significand = s[e.a];
+        st.fpu.regs[e.imm].sign_exponent = 0xffff;
+        break;
       case Op::Add: s[e.dst] = (s[e.a] + s[e.b]) & e.mask; break;
       case Op::Sub: s[e.dst] = (s[e.a] - s[e.b]) & e.mask; break;
       case Op::And: s[e.dst] = s[e.a] & s[e.b]; break;
@@ -206,7 +217,7 @@ ExecResult interpret(Cpu& cpu, const ExecBlock& block, std::vector<uint64_t>& fr
         break;
       case Op::CallHelper: {
         const HelperInfo& h = helper_info(static_cast<HelperId>(e.imm));
-        uint64_t r = h.fn(st, s[e.a], s[e.b], s[e.c], s[e.d]);
+        uint64_t r = h.fn(cpu, s[e.a], s[e.b], s[e.c], s[e.d]);
         if (st.exception.raised) return fault();
         if (e.type != Type::Void) s[e.dst] = r;
         break;

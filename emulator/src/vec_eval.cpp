@@ -340,6 +340,18 @@ void eval_vec(VecOp op, uint32_t aux, const uint64_t a64[2], const uint64_t b64[
       r.set<u64>(0, a.get<u64>(aux & 1));
       r.set<u64>(1, b.get<u64>((aux >> 1) & 1));
       break;
+    case VecOp::MpsadBW: {  // imm[2]: destination block offset (0/4), imm[1:0]: source block (0..3) * 4
+      const unsigned da = ((aux >> 2) & 1) * 4, sb = (aux & 3) * 4;
+      for (unsigned i = 0; i < 8; ++i) {
+        unsigned sum = 0;
+        for (unsigned j = 0; j < 4; ++j) {
+          const int d = int{a.get<u8>(da + i + j)} - int{b.get<u8>(sb + j)};
+          sum += static_cast<unsigned>(d < 0 ? -d : d);
+        }
+        r.set<u16>(i, static_cast<u16>(sum));
+      }
+      break;
+    }
     case VecOp::Count: break;
   }
   std::memcpy(out, r.b, 16);

@@ -9,6 +9,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -212,6 +213,10 @@ class Gen {
   bool emit_alu(Asm& out);
   bool emit_sse(Asm& out);
   bool emit_mmx(Asm& out);
+  bool emit_x87(Asm& out);
+  bool emit_maskmov(Asm& out);
+  bool emit_x87_memory(Asm& out, unsigned esc, unsigned reg, unsigned size, bool prefix66 = false,
+                       bool fxsave = false);
   ZydisEncoderOperand xmm_op() { return r_op(static_cast<ZydisRegister>(ZYDIS_REGISTER_XMM0 + rand(nregs()))); }
   bool emit_unit(Asm& out);
   bool emit_raw_unit(Asm& out);
@@ -540,7 +545,8 @@ bool Gen::emit_sse(Asm& out) {
   };
   switch (rand(13)) {
     case 11: {  // SSE4.1 extract/insert, zero/sign extension, align/blend, MXCSR, SSE3/SSE4.1 FP
-      switch (rand(7)) {
+      const unsigned sub = static_cast<unsigned>(rand(9));
+      switch (sub >= 7 ? 5 : sub) {
         case 5: case 6: {
           static constexpr ZydisMnemonic kOps[] = {
               ZYDIS_MNEMONIC_ADDSUBPS, ZYDIS_MNEMONIC_ADDSUBPD, ZYDIS_MNEMONIC_HADDPS,   ZYDIS_MNEMONIC_HADDPD,
@@ -548,8 +554,10 @@ bool Gen::emit_sse(Asm& out) {
               ZYDIS_MNEMONIC_ROUNDSS,  ZYDIS_MNEMONIC_ROUNDSD,  ZYDIS_MNEMONIC_MOVDDUP,  ZYDIS_MNEMONIC_MOVSHDUP,
               ZYDIS_MNEMONIC_MOVSLDUP, ZYDIS_MNEMONIC_BLENDPS,  ZYDIS_MNEMONIC_BLENDPD,  ZYDIS_MNEMONIC_BLENDVPS,
               ZYDIS_MNEMONIC_BLENDVPD, ZYDIS_MNEMONIC_PBLENDVB, ZYDIS_MNEMONIC_INSERTPS, ZYDIS_MNEMONIC_EXTRACTPS,
-              ZYDIS_MNEMONIC_PHMINPOSUW};
-          req.mnemonic = kOps[rand(std::size(kOps))];
+              ZYDIS_MNEMONIC_PHMINPOSUW, ZYDIS_MNEMONIC_DPPS,     ZYDIS_MNEMONIC_DPPD,     ZYDIS_MNEMONIC_MPSADBW,
+              ZYDIS_MNEMONIC_PCMPESTRI, ZYDIS_MNEMONIC_PCMPESTRM, ZYDIS_MNEMONIC_PCMPISTRI, ZYDIS_MNEMONIC_PCMPISTRM};
+          // The last seven (DPPS DPPD MPSADBW PCMPxSTRx) get their own extra share.
+          req.mnemonic = sub >= 7 ? kOps[std::size(kOps) - 1 - rand(7)] : kOps[rand(std::size(kOps))];
           const ZydisMnemonic m = req.mnemonic;
           req.operand_count = 2;
           if (m == ZYDIS_MNEMONIC_EXTRACTPS) {
@@ -572,9 +580,26 @@ bool Gen::emit_sse(Asm& out) {
             req.operands[2] = r_op(ZYDIS_REGISTER_XMM0);
           } else if (m == ZYDIS_MNEMONIC_ROUNDPS || m == ZYDIS_MNEMONIC_ROUNDPD || m == ZYDIS_MNEMONIC_ROUNDSS ||
                      m == ZYDIS_MNEMONIC_ROUNDSD || m == ZYDIS_MNEMONIC_BLENDPS || m == ZYDIS_MNEMONIC_BLENDPD ||
-                     m == ZYDIS_MNEMONIC_INSERTPS) {
+                     m == ZYDIS_MNEMONIC_INSERTPS || m == ZYDIS_MNEMONIC_DPPS || m == ZYDIS_MNEMONIC_DPPD ||
+                     m == ZYDIS_MNEMONIC_MPSADBW) {
             req.operand_count = 3;
-            req.operands[2] = i_op(rand(m == ZYDIS_MNEMONIC_INSERTPS || m == ZYDIS_MNEMONIC_BLENDPS || chance(20) ? 256 : 16));
+            req.operands[2] = i_op(rand(m == ZYDIS_MNEMONIC_INSERTPS || m == ZYDIS_MNEMONIC_BLENDPS ||
+                                                m == ZYDIS_MNEMONIC_DPPS || m == ZYDIS_MNEMONIC_DPPD ||
+                                                m == ZYDIS_MNEMONIC_MPSADBW || chance(20) ? 256 : 16));
+          } else if (m == ZYDIS_MNEMONIC_PCMPESTRI || m == ZYDIS_MNEMONIC_PCMPESTRM ||
+                     m == ZYDIS_MNEMONIC_PCMPISTRI || m == ZYDIS_MNEMONIC_PCMPISTRM) {
+            // String compares: no alignment requirement; explicit lengths mostly in range.
+            if (mem_index == 1 && chance(50)) req.operands[1].mem.displacement += static_cast<int64_t>(rand(16));
+            auto used = [&](ZydisRegister r) {
+              if (mem_index != 1) return false;
+              const auto& mo = req.operands[1].mem;
+              return ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, mo.base) == r ||
+                     ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, mo.index) == r;
+            };
+            if (chance(80) && !used(ZYDIS_REGISTER_RAX)) set_reg(setup, RAX, static_cast<uint64_t>(range(-20, 20)));
+            if (chance(80) && !used(ZYDIS_REGISTER_RDX)) set_reg(setup, RDX, static_cast<uint64_t>(range(-20, 20)));
+            req.operand_count = 3;
+            req.operands[2] = i_op(rand(128));
           }
           break;
         }
@@ -929,6 +954,250 @@ bool Gen::emit_mmx(Asm& out) {
   return finish(out, setup, req, mem_index, rip);
 }
 
+// MASKMOVDQU / MASKMOVQ to [rDI], sometimes with bytes on the unmapped page.
+bool Gen::emit_maskmov(Asm& out) {
+  const bool mm = chance(40);
+  uint64_t target = kDataBase + rand(kDataSize - 16);
+  if (chance(15)) target = kDataBase + kDataSize - 1 - rand(16);
+  else if (chance(3)) target = 0x20000000 + rand(0x1000);
+  set_reg(out, RDI, target);
+  const unsigned n = mm ? 8 : nregs();
+  const unsigned src = static_cast<unsigned>(rand(n)), mask = static_cast<unsigned>(rand(n));
+  std::vector<uint8_t> b;
+  if (!mm) b.push_back(0x66);
+  if (src >= 8 || mask >= 8) b.push_back(static_cast<uint8_t>(0x40 | (src >= 8 ? 4 : 0) | (mask >= 8 ? 1 : 0)));
+  b.insert(b.end(), {0x0f, 0xf7, static_cast<uint8_t>(0xc0 | ((src & 7) << 3) | (mask & 7))});
+  last_insn_offset_ = out.bytes.size();
+  out.append(b);
+  return true;
+}
+
+// An x87 (or FXSAVE/FXRSTOR, esc = 0x0f) memory form with a [base + disp32] operand:
+// the base register is set up so the operand lies in the data area (rarely
+// misaligned, page-crossing or unmapped).
+bool Gen::emit_x87_memory(Asm& out, unsigned esc, unsigned reg, unsigned size, bool prefix66, bool fxsave) {
+  uint64_t target = kDataBase + rand(kDataSize - size);
+  if (fxsave && !chance(5)) target &= ~uint64_t{15};
+  const unsigned fault = static_cast<unsigned>(rand(100));
+  if (fault == 0) target = kDataBase + kDataSize - 1 - rand(size);  // crosses into the unmapped page
+  else if (fault == 1) target = 0x20000000 + rand(0x1000);
+  const unsigned base = pick_reg();
+  const int32_t disp = static_cast<int32_t>(range(-2048, 2048));
+  set_reg(out, base, target - static_cast<uint64_t>(static_cast<int64_t>(disp)));
+  auto modrm_disp = [&](std::vector<uint8_t>& b, unsigned r, int32_t d) {
+    b.push_back(static_cast<uint8_t>(0x80 | (r << 3) | (base & 7)));
+    if ((base & 7) == 4) b.push_back(0x24);  // R12 needs a SIB byte
+    for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(static_cast<uint32_t>(d) >> (8 * i)));
+  };
+  const uint8_t rex_b = base >= 8 ? 0x41 : 0;
+  if (fxsave && reg == 1 && chance(70)) {  // FXRSTOR: mostly a valid MXCSR in the image
+    std::vector<uint8_t> m;
+    if (rex_b) m.push_back(rex_b);
+    m.push_back(0xc7);
+    m.push_back(static_cast<uint8_t>(0x80 | (base & 7)));
+    if ((base & 7) == 4) m.push_back(0x24);
+    for (int i = 0; i < 4; ++i) m.push_back(static_cast<uint8_t>(static_cast<uint32_t>(disp + 24) >> (8 * i)));
+    const uint32_t mxcsr = 0x1f80 | static_cast<uint32_t>(rand(4) << 13) | (chance(25) ? 0x8040u : 0u);
+    for (int i = 0; i < 4; ++i) m.push_back(static_cast<uint8_t>(mxcsr >> (8 * i)));
+    out.append(m);
+  }
+  std::vector<uint8_t> b;
+  if (prefix66) b.push_back(0x66);
+  if (fxsave) {
+    const bool wide = !bits32_ && chance(50);
+    if (wide || rex_b) b.push_back(static_cast<uint8_t>(0x40 | (wide ? 8 : 0) | (rex_b & 1)));
+    b.insert(b.end(), {0x0f, 0xae});
+  } else {
+    if (rex_b) b.push_back(rex_b);
+    b.push_back(static_cast<uint8_t>(0xd8 + esc));
+  }
+  modrm_disp(b, reg, disp);
+  last_insn_offset_ = out.bytes.size();
+  out.append(b);
+  // Intel parts with "FCS/FDS deprecated" / "FDP updated on exceptions only" (CPUID 7.0:EBX
+  // bits 13 and 6) store different x87 pointers than Kiln's classic model: there, clear the
+  // pointer fields of FNSTENV/FNSAVE images on both sides.
+  static const bool pointer_quirks = [] {
+    unsigned a = 0, b7 = 0, c = 0, d = 0;
+    __get_cpuid_count(7, 0, &a, &b7, &c, &d);
+    return (b7 & ((1u << 6) | (1u << 13))) != 0;
+  }();
+  if (pointer_quirks && !fxsave && reg == 6 && (esc == 1 || esc == 5)) {
+    const int first = prefix66 ? 6 : 12, last = prefix66 ? 14 : 28;  // FIP .. FDS
+    for (int off = first; off < last; off += 2) {
+      std::vector<uint8_t> z = {0x66};
+      if (rex_b) z.push_back(rex_b);
+      z.push_back(0xc7);
+      modrm_disp(z, 0, disp + off);
+      z.insert(z.end(), {0, 0});
+      out.append(z);
+    }
+  }
+  if (fxsave && reg == 0) {
+    // FOP/FIP/FDP (AMD stores them only with an exception pending) and MXCSR_MASK
+    // (AMD reports bit 17) are host-specific: clear them in the image.
+    for (int off : {6, 8, 12, 16, 20, 28}) {
+      std::vector<uint8_t> z;
+      if (off == 6) z.push_back(0x66);
+      if (rex_b) z.push_back(rex_b);
+      z.push_back(0xc7);
+      modrm_disp(z, 0, disp + off);
+      z.insert(z.end(), {0, 0});
+      if (off != 6) z.insert(z.end(), {0, 0});
+      out.append(z);
+    }
+  }
+  return true;
+}
+
+// x87 instructions (all forms Kiln implements) and FXSAVE/FXRSTOR.
+bool Gen::emit_x87(Asm& out) {
+  auto raw = [&](uint8_t esc, uint8_t modrm) {
+    last_insn_offset_ = out.bytes.size();
+    out.raw({static_cast<uint8_t>(0xd8 + esc), modrm});
+    return true;
+  };
+  const uint8_t i = static_cast<uint8_t>(rand(8));
+  switch (rand(20)) {
+    case 0: case 1:  // arithmetic st(0), st(i) / st(i), st(0) / and pop
+      return raw(static_cast<uint8_t>(chance(50) ? 0 : chance(50) ? 4 : 6), static_cast<uint8_t>(0xc0 | (rand(8) << 3) | i));
+    case 2: case 3: {  // arithmetic with m32fp / m32int / m64fp / m16int
+      static constexpr unsigned kSize[] = {4, 0, 4, 0, 8, 0, 2, 0};
+      const unsigned esc = static_cast<unsigned>(rand(4)) * 2;
+      return emit_x87_memory(out, esc, static_cast<unsigned>(rand(8)), kSize[esc]);
+    }
+    case 4: {  // loads
+      switch (rand(8)) {
+        case 0: return raw(1, static_cast<uint8_t>(0xc0 | i));           // FLD st(i)
+        case 1: return raw(1, static_cast<uint8_t>(0xe8 + rand(7)));     // FLD1 .. FLDZ
+        case 2: return emit_x87_memory(out, 1, 0, 4);                     // FLD m32fp
+        case 3: return emit_x87_memory(out, 5, 0, 8);                     // FLD m64fp
+        case 4: return emit_x87_memory(out, 3, 5, 10);                    // FLD m80fp
+        case 5: return emit_x87_memory(out, 7, 0, 2);                     // FILD m16
+        case 6: return emit_x87_memory(out, 3, 0, 4);                     // FILD m32
+        default: return emit_x87_memory(out, 7, chance(80) ? 5 : 4, 8);  // FILD m64, FBLD
+      }
+    }
+    case 5: case 6: {  // stores
+      switch (rand(9)) {
+        case 0: return raw(5, static_cast<uint8_t>((chance(50) ? 0xd0 : 0xd8) | i));  // FST/FSTP st(i)
+        case 1: return emit_x87_memory(out, 1, static_cast<unsigned>(2 + rand(2)), 4);   // FST/FSTP m32fp
+        case 2: return emit_x87_memory(out, 5, static_cast<unsigned>(2 + rand(2)), 8);   // FST/FSTP m64fp
+        case 3: return emit_x87_memory(out, 3, 7, 10);                                    // FSTP m80fp
+        case 4: return emit_x87_memory(out, 7, static_cast<unsigned>(1 + rand(3)), 2);   // FISTTP/FIST/FISTP m16
+        case 5: return emit_x87_memory(out, 3, static_cast<unsigned>(1 + rand(3)), 4);   // ... m32
+        case 6: return emit_x87_memory(out, 5, 1, 8);                                     // FISTTP m64
+        case 7: return emit_x87_memory(out, 7, 7, 8);                                     // FISTP m64
+        default: return emit_x87_memory(out, 7, 6, 10);                                   // FBSTP
+      }
+    }
+    case 7: case 8: {  // one-operand arithmetic and transcendental functions
+      static constexpr uint8_t kOps[] = {0xe0, 0xe1, 0xe4, 0xe5, 0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5,
+                                         0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff, 0xd0};
+      return raw(1, kOps[rand(std::size(kOps))]);
+    }
+    case 9: case 10: {  // compares
+      switch (rand(8)) {
+        case 0: return raw(0, static_cast<uint8_t>((chance(50) ? 0xd0 : 0xd8) | i));  // FCOM/FCOMP
+        case 1: return raw(5, static_cast<uint8_t>((chance(50) ? 0xe0 : 0xe8) | i));  // FUCOM/FUCOMP
+        case 2: return chance(50) ? raw(6, 0xd9) : raw(2, 0xe9);                     // FCOMPP FUCOMPP
+        case 3: case 4:  // FCOMI FUCOMI FCOMIP FUCOMIP
+          return raw(static_cast<uint8_t>(chance(50) ? 3 : 7), static_cast<uint8_t>((chance(50) ? 0xe8 : 0xf0) | i));
+        case 5: {  // FICOM/FICOMP m32int / m16int
+          const bool m32 = chance(50);
+          return emit_x87_memory(out, m32 ? 2 : 6, static_cast<unsigned>(2 + rand(2)), m32 ? 4 : 2);
+        }
+        default: {  // FCOM/FCOMP m32fp / m64fp
+          const bool m32 = chance(50);
+          return emit_x87_memory(out, m32 ? 0 : 4, static_cast<unsigned>(2 + rand(2)), m32 ? 4 : 8);
+        }
+      }
+    }
+    case 11: return raw(static_cast<uint8_t>(rand(2) + 2), static_cast<uint8_t>(0xc0 | (rand(4) << 3) | i));  // FCMOVcc
+    case 12: {  // stack and tag manipulation
+      switch (rand(7)) {
+        case 5: {  // undocumented aliases: FSTP1 FXCH4 FXCH7 FSTP8 FSTP9 FCOM2 FCOMP3 FCOMP5
+          static constexpr uint8_t kAlias[][2] = {{1, 0xd8}, {5, 0xc8}, {7, 0xc8}, {7, 0xd0},
+                                                  {7, 0xd8}, {4, 0xd0}, {4, 0xd8}, {6, 0xd0}};
+          const auto& al = kAlias[rand(std::size(kAlias))];
+          return raw(al[0], static_cast<uint8_t>(al[1] | i));
+        }
+        case 6: return raw(3, static_cast<uint8_t>(0xe0 + (chance(50) ? rand(2) : 4)));  // FNENI FNDISI FNSETPM
+        case 0: return raw(1, static_cast<uint8_t>(0xc8 | i));           // FXCH
+        case 1: return raw(5, static_cast<uint8_t>(0xc0 | i));           // FFREE
+        case 2: return raw(7, static_cast<uint8_t>(0xc0 | i));           // FFREEP
+        default: return raw(1, chance(50) ? 0xf6 : 0xf7);               // FDECSTP FINCSTP
+      }
+    }
+    case 13: case 14: {  // control and status words
+      switch (rand(8)) {
+        case 0: return raw(7, 0xe0);                                      // FNSTSW AX
+        case 1: return emit_x87_memory(out, 5, 7, 2);                     // FNSTSW m16
+        case 2: return emit_x87_memory(out, 1, 7, 2);                     // FNSTCW
+        case 3: return raw(3, 0xe2);                                      // FNCLEX
+        case 4: last_insn_offset_ = out.bytes.size(); out.raw({0x9b}); return true;  // FWAIT
+        case 5: return chance(20) ? raw(3, 0xe3) : raw(1, 0xd0);          // FNINIT, FNOP
+        default: {  // FLDCW from memory holding a plausible control word
+          uint64_t cw = 0x40 | 0x3f | (rand(4) << 8) | (rand(4) << 10);
+          if (chance(15)) cw &= ~(uint64_t{1} << rand(6));
+          if (chance(5)) cw = rand(0x10000);
+          const unsigned tmp = pick_reg();
+          set_reg(out, tmp, cw);
+          // mov [kDataBase + 0x1f00], tmp16 via an absolute address
+          std::vector<uint8_t> b = {0x66};
+          if (tmp >= 8) b.push_back(0x44);
+          b.insert(b.end(), {0x89, static_cast<uint8_t>(0x04 | ((tmp & 7) << 3)), 0x25});
+          const uint32_t addr = static_cast<uint32_t>(kDataBase + 0x1f00);
+          for (int k = 0; k < 4; ++k) b.push_back(static_cast<uint8_t>(addr >> (8 * k)));
+          if (bits32_) {  // no SIB-absolute needed: mod 00 r/m 101 is disp32 in 32-bit mode
+            b = {0x66, 0x89, static_cast<uint8_t>(0x05 | ((tmp & 7) << 3))};
+            for (int k = 0; k < 4; ++k) b.push_back(static_cast<uint8_t>(addr >> (8 * k)));
+          }
+          out.append(b);
+          const unsigned base = pick_reg();
+          set_reg(out, base, kDataBase + 0x1f00);
+          std::vector<uint8_t> l;
+          if (base >= 8) l.push_back(0x41);
+          l.insert(l.end(), {0xd9, static_cast<uint8_t>(0x28 | (base & 7))});
+          if ((base & 7) == 5) l.back() = static_cast<uint8_t>(0x68 | (base & 7)), l.push_back(0);  // [rbp + 0]
+          if ((base & 7) == 4) l.push_back(0x24);  // SIB for r12
+          last_insn_offset_ = out.bytes.size();
+          out.append(l);
+          return true;
+        }
+      }
+    }
+    case 15: {  // environment and full state
+      const bool p66 = chance(25);
+      switch (rand(4)) {
+        case 0: return emit_x87_memory(out, 1, 6, p66 ? 14 : 28, p66);    // FNSTENV
+        case 1: return emit_x87_memory(out, 1, 4, p66 ? 14 : 28, p66);    // FLDENV
+        case 2: return emit_x87_memory(out, 5, 6, p66 ? 94 : 108, p66);   // FNSAVE
+        default: return emit_x87_memory(out, 5, 4, p66 ? 94 : 108, p66);  // FRSTOR
+      }
+    }
+    case 16: case 17: return emit_x87_memory(out, 0, static_cast<unsigned>(rand(2)), 512, false, true);  // FXSAVE FXRSTOR
+    default: {  // FLD of an ordinary double from memory, to keep values flowing
+      const unsigned tmp = pick_reg();
+      const double d = static_cast<double>(static_cast<int64_t>(rand(20001)) - 10000) / static_cast<double>(1 + rand(64));
+      uint64_t bits;
+      std::memcpy(&bits, &d, 8);
+      if (bits32_) return raw(1, static_cast<uint8_t>(0xe8 + rand(7)));
+      set_reg(out, tmp, bits);
+      std::vector<uint8_t> b = {static_cast<uint8_t>(0x48 | (tmp >= 8 ? 4 : 0)), 0x89,
+                                static_cast<uint8_t>(0x04 | ((tmp & 7) << 3)), 0x25};
+      const uint32_t addr = static_cast<uint32_t>(kDataBase + 0x1f08);
+      for (int k = 0; k < 4; ++k) b.push_back(static_cast<uint8_t>(addr >> (8 * k)));
+      out.append(b);
+      b = {0xdd, 0x04, 0x25};
+      for (int k = 0; k < 4; ++k) b.push_back(static_cast<uint8_t>(addr >> (8 * k)));
+      last_insn_offset_ = out.bytes.size();
+      out.append(b);
+      return true;
+    }
+  }
+}
+
 // Instructions without operands, encoded directly.
 bool Gen::emit_raw_unit(Asm& out) {
   const bool w = !bits32_ && chance(50);
@@ -1031,7 +1300,9 @@ bool Gen::emit_unit(Asm& out) {
   if (pick < 50) ok = emit_alu(out);
   else if (pick < 60) ok = emit_sse(out);
   else if (pick < 65) ok = emit_mmx(out);
-  else if (pick < 80) ok = emit_raw_unit(out);
+  else if (pick < 74) ok = emit_x87(out);
+  else if (pick < 76) ok = emit_maskmov(out);
+  else if (pick < 82) ok = emit_raw_unit(out);
   else if (pick < 90) ok = emit_string(out);
   else if (pick < 98 && depth_ == 0) ok = emit_branch(out, 0);
   else {
@@ -1107,6 +1378,59 @@ void Gen::build(Sequence& seq, unsigned units) {
 
 }  // namespace
 
+namespace {
+
+// An 80-bit value of an interesting class: ordinary numbers (from doubles or
+// integers), zeros, infinities, NaNs, denormals, unnormals, raw bits.
+X87Reg random_x87_value(std::mt19937_64& rng) {
+  auto from_double = [](double d) {
+    uint64_t bits;
+    std::memcpy(&bits, &d, 8);
+    const uint64_t sign = bits >> 63, exp = (bits >> 52) & 0x7ff, frac = bits & ((uint64_t{1} << 52) - 1);
+    if (exp == 0 && frac == 0) return X87Reg{0, static_cast<uint16_t>(sign << 15)};
+    return X87Reg{(uint64_t{1} << 63) | (frac << 11), static_cast<uint16_t>((sign << 15) | (exp - 1023 + 16383))};
+  };
+  const uint16_t sign = static_cast<uint16_t>((rng() & 1) << 15);
+  switch (rng() % 16) {
+    case 0: return X87Reg{0, sign};                                       // zero
+    case 1: return X87Reg{uint64_t{1} << 63, static_cast<uint16_t>(sign | 0x7fff)};  // infinity
+    case 2: return X87Reg{(uint64_t{3} << 62) | (rng() >> 2), static_cast<uint16_t>(sign | 0x7fff)};  // QNaN
+    case 3: return X87Reg{(uint64_t{1} << 63) | (rng() >> 2 | 1), static_cast<uint16_t>(sign | 0x7fff)};  // SNaN
+    case 4: return X87Reg{rng() >> 1, sign};                              // denormal
+    case 5: return X87Reg{rng() >> 1, static_cast<uint16_t>(sign | (rng() % 0x7ffe + 1))};  // unnormal
+    case 6: return X87Reg{rng(), static_cast<uint16_t>(rng())};            // raw bits
+    case 7: {  // huge / tiny exponents
+      X87Reg r{(uint64_t{1} << 63) | rng(), static_cast<uint16_t>(sign | (rng() % 2 ? rng() % 64 + 1 : 0x7ffe - rng() % 64))};
+      return r;
+    }
+    case 8: case 9: return from_double(static_cast<double>(static_cast<int64_t>(rng() % 2000001) - 1000000));
+    case 10: return from_double(static_cast<double>(static_cast<int64_t>(rng() % 20001) - 10000) / 16.0);
+    default: {  // ordinary values over a wide range
+      const double d = static_cast<double>(static_cast<int64_t>(rng() % 200001) - 100000) /
+                       static_cast<double>(1 + rng() % 1000) * std::ldexp(1.0, static_cast<int>(rng() % 80) - 40);
+      return from_double(d);
+    }
+  }
+}
+
+void random_fpu(std::mt19937_64& rng, MachineState& s) {
+  // Mostly all exceptions masked (as Linux sets it up) with random rounding and precision
+  // control; sometimes an unmasked exception (then #MF, SIGFPE natively).
+  s.fcw = static_cast<uint16_t>(0x0040 | 0x3f | ((rng() % 4) << 8) | ((rng() % 4) << 10));
+  if (rng() % 8 == 0) s.fcw = static_cast<uint16_t>(s.fcw & ~(1u << (rng() % 6)));
+  const unsigned top = static_cast<unsigned>(rng() % 8);
+  s.fsw = static_cast<uint16_t>(top << 11);
+  if (rng() % 4 == 0) s.fsw = static_cast<uint16_t>(s.fsw | (rng() & 0x4700 & ~0x3800u) | (rng() & s.fcw & 0x3f));
+  switch (rng() % 4) {
+    case 0: s.ftw = 0; break;
+    case 1: s.ftw = 0xff; break;
+    default: s.ftw = static_cast<uint8_t>(rng());
+  }
+  for (auto& r : s.st) r = random_x87_value(rng);
+}
+
+}  // namespace
+
 Sequence Generator::generate(unsigned units) {
   Sequence seq;
   seq.bits32 = bits32_;
@@ -1122,7 +1446,7 @@ Sequence Generator::generate(unsigned units) {
   }
   seq.initial.regs[RSP] = kStackTop;
   // All exceptions masked; random rounding mode, sometimes flush-to-zero / denormals-are-zero.
-  for (auto& m : seq.initial.mmx) m = rng_();
+  random_fpu(rng_, seq.initial);
   seq.initial.mxcsr = 0x1f80 | static_cast<uint32_t>((rng_() % 4) << 13) | (rng_() % 4 == 0 ? 0x8040u : 0u);
   for (auto& x : seq.initial.xmm) {
     switch (rng_() % 3) {
@@ -1185,7 +1509,9 @@ struct SharedResult {
   uint64_t rflags;
   uint64_t xmm[16][2];
   uint32_t mxcsr;
-  uint64_t mmx[8];
+  uint16_t fcw, fsw;
+  uint8_t ftw;
+  X87Reg st[8];
 };
 
 struct NativeArena {
@@ -1226,8 +1552,14 @@ void capture(int signo, siginfo_t*, void* context) {
   if (uc->uc_mcontext.fpregs) {
     std::memcpy(g_result->xmm, uc->uc_mcontext.fpregs->_xmm, sizeof(g_result->xmm));
     g_result->mxcsr = uc->uc_mcontext.fpregs->mxcsr;
-    // MMX registers are the x87 significands; TOP is 0 after any MMX instruction.
-    for (int i = 0; i < 8; ++i) std::memcpy(&g_result->mmx[i], uc->uc_mcontext.fpregs->_st[i].significand, 8);
+    const auto* fp = uc->uc_mcontext.fpregs;
+    g_result->fcw = fp->cwd;
+    g_result->fsw = fp->swd;
+    g_result->ftw = static_cast<uint8_t>(fp->ftw);
+    for (int i = 0; i < 8; ++i) {
+      std::memcpy(&g_result->st[i].significand, fp->_st[i].significand, 8);
+      g_result->st[i].sign_exponent = fp->_st[i].exponent;
+    }
   }
   g_result->signo = signo;
   _exit(0);
@@ -1244,21 +1576,9 @@ std::vector<uint8_t> prologue(const Sequence& seq) {
     // Compatibility mode needs usable data segments: DS = ES = SS = __USER_DS (0x2b).
     p.insert(p.end(), {0xb8, 0x2b, 0, 0, 0, 0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0});
   }
-  for (unsigned r = 0; r < 16; ++r) {  // movdqu xmmN, [kXmmInit + 16 * N]
-    p.push_back(0xf3);
-    if (r >= 8) p.push_back(0x44);
-    p.insert(p.end(), {0x0f, 0x6f, static_cast<uint8_t>(0x04 | ((r & 7) << 3)), 0x25});
-    const uint32_t addr = static_cast<uint32_t>(kXmmInit + 16 * r);
-    for (int i = 0; i < 4; ++i) p.push_back(static_cast<uint8_t>(addr >> (8 * i)));
-  }
-  for (unsigned r = 0; r < 8; ++r) {  // movq mmN, [kXmmInit + 272 + 8 * N]
-    p.insert(p.end(), {0x0f, 0x6f, static_cast<uint8_t>(0x04 | (r << 3)), 0x25});
-    const uint32_t addr = static_cast<uint32_t>(kXmmInit + 272 + 8 * r);
-    for (int i = 0; i < 4; ++i) p.push_back(static_cast<uint8_t>(addr >> (8 * i)));
-  }
-  {  // ldmxcsr [kXmmInit + 256]
-    p.insert(p.end(), {0x0f, 0xae, 0x14, 0x25});
-    const uint32_t addr = static_cast<uint32_t>(kXmmInit + 256);
+  {  // fxrstor64 [kXmmInit]: x87, MMX, MXCSR and XMM state in one go
+    p.insert(p.end(), {0x48, 0x0f, 0xae, 0x0c, 0x25});
+    const uint32_t addr = static_cast<uint32_t>(kXmmInit);
     for (int i = 0; i < 4; ++i) p.push_back(static_cast<uint8_t>(addr >> (8 * i)));
   }
   p.insert(p.end(), {0x48, 0xbc});  // mov rsp, imm64
@@ -1294,11 +1614,21 @@ MachineState run_native(const Sequence& seq) {
   std::memset(a.code, 0xcc, kCodeSize);
   std::memcpy(a.code, pro.data(), pro.size());
   std::memcpy(a.code + kSequenceOffset, seq.code.data(), seq.code.size());
-  std::memcpy(a.code + (kXmmInit - kCodeBase), seq.initial.xmm, sizeof(seq.initial.xmm));
-  std::memcpy(a.code + (kXmmInit - kCodeBase) + 256, &seq.initial.mxcsr, 4);
-  std::memcpy(a.code + (kXmmInit - kCodeBase) + 272, seq.initial.mmx, sizeof(seq.initial.mmx));
+  {  // FXSAVE image of the initial FPU/SSE state for the prologue's FXRSTOR64
+    uint8_t* img = a.code + (kXmmInit - kCodeBase);
+    std::memset(img, 0, 512);
+    std::memcpy(img, &seq.initial.fcw, 2);
+    std::memcpy(img + 2, &seq.initial.fsw, 2);
+    img[4] = seq.initial.ftw;
+    std::memcpy(img + 24, &seq.initial.mxcsr, 4);
+    for (int i = 0; i < 8; ++i) {
+      std::memcpy(img + 32 + 16 * i, &seq.initial.st[i].significand, 8);
+      std::memcpy(img + 40 + 16 * i, &seq.initial.st[i].sign_exponent, 2);
+    }
+    std::memcpy(img + 160, seq.initial.xmm, sizeof(seq.initial.xmm));
+  }
   std::memcpy(a.data, seq.initial.data.data(), kDataSize);
-  std::memset(a.result, 0, sizeof(SharedResult));
+  std::memset(static_cast<void*>(a.result), 0, sizeof(SharedResult));
   g_result = a.result;
 
   pid_t pid = fork();
@@ -1332,7 +1662,10 @@ MachineState run_native(const Sequence& seq) {
   out.rflags = a.result->rflags;
   std::memcpy(out.xmm, a.result->xmm, sizeof(out.xmm));
   out.mxcsr = a.result->mxcsr;
-  std::memcpy(out.mmx, a.result->mmx, sizeof(out.mmx));
+  out.fcw = a.result->fcw;
+  out.fsw = a.result->fsw;
+  out.ftw = a.result->ftw;
+  std::memcpy(out.st, a.result->st, sizeof(out.st));
   switch (a.result->signo) {
     case SIGTRAP: out.outcome = Outcome::Trap; break;
     case SIGSEGV: out.outcome = Outcome::Segv; break;
@@ -1358,7 +1691,15 @@ MachineState run_emulated(const Sequence& seq, bool optimise) {
   write_rflags(cpu.state, seq.initial.rflags);
   for (int i = 0; i < 16; ++i) cpu.state.xmm[i] = Xmm{seq.initial.xmm[i][0], seq.initial.xmm[i][1]};
   cpu.state.mxcsr = seq.initial.mxcsr;
-  for (int i = 0; i < 8; ++i) cpu.state.mmx[i] = seq.initial.mmx[i];
+  X87State& fpu = cpu.state.fpu;
+  fpu.fcw = seq.initial.fcw;
+  fpu.set_status(seq.initial.fsw);
+  fpu.tags = seq.initial.ftw;
+  for (int i = 0; i < 8; ++i) fpu.regs[(fpu.top + i) & 7] = seq.initial.st[i];
+  // Linux's selectors (they appear in FSTENV/FSAVE images).
+  cpu.state.seg_selector[CS] = seq.bits32 ? 0x23 : 0x33;
+  cpu.state.seg_selector[SS] = 0x2b;
+  cpu.state.seg_selector[DS] = cpu.state.seg_selector[ES] = seq.bits32 ? 0x2b : 0;
   cpu.state.rip = seq.start;
   cpu.state.mode.code = seq.bits32 ? CodeSize::Bits32 : CodeSize::Bits64;
   RunResult r = cpu.run(100000);
@@ -1367,7 +1708,10 @@ MachineState run_emulated(const Sequence& seq, bool optimise) {
   out.rip = cpu.state.rip;
   out.rflags = read_rflags(cpu.state);
   out.mxcsr = cpu.state.mxcsr;
-  for (int i = 0; i < 8; ++i) out.mmx[i] = cpu.state.mmx[i];
+  out.fcw = fpu.fcw;
+  out.fsw = fpu.status();
+  out.ftw = fpu.tags;
+  for (int i = 0; i < 8; ++i) out.st[i] = fpu.regs[(fpu.top + i) & 7];
   for (int i = 0; i < 16; ++i) {
     out.xmm[i][0] = cpu.state.xmm[i].lo;
     out.xmm[i][1] = cpu.state.xmm[i].hi;
@@ -1380,7 +1724,7 @@ MachineState run_emulated(const Sequence& seq, bool optimise) {
   switch (cpu.state.exception.vector) {
     case Vector::BP: out.outcome = Outcome::Trap; break;
     case Vector::PF: case Vector::GP: out.outcome = Outcome::Segv; break;
-    case Vector::DE: case Vector::XM: out.outcome = Outcome::DivideError; break;  // both SIGFPE natively
+    case Vector::DE: case Vector::XM: case Vector::MF: out.outcome = Outcome::DivideError; break;  // SIGFPE natively
     case Vector::UD: out.outcome = Outcome::Illegal; break;
     case Vector::AC: case Vector::SS: out.outcome = Outcome::Bus; break;
     default: out.outcome = Outcome::Other;
@@ -1413,7 +1757,12 @@ std::string compare(const Sequence& seq, const MachineState& n, const MachineSta
       diff += fmt::format("  xmm{}: native {:016x}{:016x} emulated {:016x}{:016x}\n", i, n.xmm[i][1], n.xmm[i][0],
                           e.xmm[i][1], e.xmm[i][0]);
   for (unsigned i = 0; i < 8; ++i)
-    if (n.mmx[i] != e.mmx[i]) diff += fmt::format("  mm{}: native {:016x} emulated {:016x}\n", i, n.mmx[i], e.mmx[i]);
+    if (n.st[i].significand != e.st[i].significand || n.st[i].sign_exponent != e.st[i].sign_exponent)
+      diff += fmt::format("  st{}: native {:04x}:{:016x} emulated {:04x}:{:016x}\n", i, n.st[i].sign_exponent,
+                          n.st[i].significand, e.st[i].sign_exponent, e.st[i].significand);
+  if (n.fcw != e.fcw) diff += fmt::format("  fcw: native {:04x} emulated {:04x}\n", n.fcw, e.fcw);
+  if (n.fsw != e.fsw) diff += fmt::format("  fsw: native {:04x} emulated {:04x}\n", n.fsw, e.fsw);
+  if (n.ftw != e.ftw) diff += fmt::format("  ftw: native {:02x} emulated {:02x}\n", n.ftw, e.ftw);
   if (n.mxcsr != e.mxcsr) diff += fmt::format("  mxcsr: native {:08x} emulated {:08x}\n", n.mxcsr, e.mxcsr);
   const uint64_t fmask = (kArithFlags | rflags::DF) & ~undefined;
   if ((n.rflags & fmask) != (e.rflags & fmask))

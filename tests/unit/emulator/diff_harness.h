@@ -29,7 +29,11 @@ struct MachineState {
   uint64_t rflags = 0;
   uint64_t xmm[16][2] = {};
   uint32_t mxcsr = 0x1f80;
-  uint64_t mmx[8] = {};
+  // x87 state in FXSAVE terms: ST(i) in stack order (MMX registers are the
+  // physical registers' significands), abridged tag word, FSW with TOP.
+  uint16_t fcw = 0x37f, fsw = 0;
+  uint8_t ftw = 0;
+  X87Reg st[8] = {};
   std::vector<uint8_t> data;  // kDataSize bytes
   Outcome outcome = Outcome::Other;
 };

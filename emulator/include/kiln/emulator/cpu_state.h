@@ -45,6 +45,34 @@ struct alignas(16) Xmm {
   uint64_t lo = 0, hi = 0;
 };
 
+// One x87 data register: 80-bit extended precision (64-bit significand with
+// explicit integer bit, 15-bit exponent and sign). MMX register i is the
+// significand of physical register i; MMX writes set sign_exponent to 0xFFFF.
+struct X87Reg {
+  uint64_t significand = 0;
+  uint16_t sign_exponent = 0;
+};
+
+// The x87 FPU state. Registers are kept by physical index (R0..R7); ST(i) is
+// regs[(top + i) & 7]. Like current hardware only the abridged tag word (one
+// "not empty" bit per physical register) is kept; FSTENV/FSAVE derive the
+// full tags from the register contents.
+struct X87State {
+  X87Reg regs[8];
+  uint16_t fcw = 0x037f;
+  uint16_t fsw = 0;   // status word with the TOP field (bits 11-13) kept in `top`
+  uint8_t top = 0;
+  uint8_t tags = 0;   // bit i set: physical register i holds a value
+  uint16_t fop = 0;   // last non-control instruction's opcode (11 bits)
+  uint64_t fip = 0, fdp = 0;  // its address and its memory operand's offset
+  uint16_t fcs = 0, fds = 0;
+  uint16_t status() const { return static_cast<uint16_t>((fsw & ~0x3800u) | (unsigned{top} << 11)); }
+  void set_status(uint16_t v) {
+    fsw = static_cast<uint16_t>(v & ~0x3800u);
+    top = static_cast<uint8_t>((v >> 11) & 7);
+  }
+};
+
 struct CpuState {
   uint64_t regs[16] = {};
   uint64_t rip = 0;
@@ -57,9 +85,8 @@ struct CpuState {
   uint16_t seg_selector[6] = {};
   Xmm xmm[16] = {};
   uint32_t mxcsr = 0x1f80;
-  // MMX registers. They alias the x87 register significands; x87 is not
-  // implemented yet, so the aliasing side effects (TOP = 0, tags) are not modelled.
-  uint64_t mmx[8] = {};
+  // x87 FPU; the MMX registers alias its register significands.
+  X87State fpu;
   CpuMode mode;
   PendingException exception;
   uint64_t tsc = 0;  // RDTSC value; advanced by the execution loop

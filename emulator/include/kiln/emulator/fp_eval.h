@@ -21,6 +21,8 @@ const char* fp_op_name(FpOp op);
 // SSE3/SSE4.1 floating-point ops run on the host's own units; the frontend
 // raises #UD for them when the host lacks SSE4.1 (and SSE3).
 bool host_has_sse41();
+// SSE4.2 string compares (PCMPxSTRx) run on the host's unit too.
+bool host_has_sse42();
 
 // out = op(a, b) with b the source operand (a is the destination's old value).
 // Returns false when an unmasked SIMD exception must be raised (#XM).

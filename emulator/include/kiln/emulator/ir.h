@@ -87,6 +87,10 @@ enum class StateField : uint32_t {
   RflagsOther = 0,  // RFLAGS bits not kept lazily (DF, IF, TF, AC, ID, bit 1)
   SegBaseEs = 1, SegBaseCs, SegBaseSs, SegBaseDs, SegBaseFs, SegBaseGs,
   Mxcsr,
+  FpuTop,   // x87 TOP (MMX instructions set it to 0)
+  FpuTags,  // x87 abridged tag word (MMX instructions: 0xFF, EMMS: 0)
+  FpuStatus,   // x87 status word without TOP (read: pending-exception check of MMX instructions)
+  FpuControl,  // x87 control word
   Count
 };
 
