@@ -158,6 +158,13 @@ void Qcow2Node::write_compressed(uint64_t offset, std::span<const std::byte> dat
     uint64_t host = 0, l2_off = 0;
     {
       std::lock_guard lock(meta_);
+      // As qemu: a compressed cluster never replaces one with a host cluster.
+      if (l2_offset_of(l1_index(guest)) != 0) {
+        const uint64_t current = l2_entry(load_table(l2_cache_, l2_offset_of(l1_index(guest)), true), l2_index(guest));
+        if (current & kOffsetMask) {
+          throw Error(EIO, fmt::format("'{}': compressed write to guest offset {}: the cluster is already allocated", filename(), guest));
+        }
+      }
       l2_off = writable_l2(l1_index(guest));
       mark_dirty_for_write();
       host = alloc_compressed_bytes(length);

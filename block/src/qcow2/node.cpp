@@ -25,6 +25,7 @@ std::byte* scratch(size_t bytes) {
 }
 
 constexpr uint64_t kMaxRun = 256;  // clusters allocated per step of a write
+constexpr size_t kMaxDeferredFrees = 65536;  // a large discard flushes metadata after this many freed clusters
 
 // Backing files being opened by this thread, to refuse loops before opening them twice.
 thread_local std::vector<std::string> opening_chain;
@@ -492,13 +493,11 @@ void Qcow2Node::check_metadata_overlap(uint64_t offset, uint64_t bytes, const ch
 void Qcow2Node::write_back(TableCache::Slot& slot, bool is_l2) {
   if (!slot.dirty) return;
   if (is_l2) {
-    // An L2 table may only reach the disk after the refcounts of what it references.
-    bool any_refblock_dirty = reftable_dirty_;
-    for (TableCache::Slot& r : refblock_cache_.slots()) any_refblock_dirty |= r.dirty;
-    if (any_refblock_dirty) {
-      for (TableCache::Slot& r : refblock_cache_.slots()) write_back(r, false);
-      if (!dirty_on_disk_) file_->flush();
-    }
+    // An L2 table may only reach the disk after the refcounts and the data
+    // (copy-on-write parts included) of what it references. Refcount blocks
+    // may have been evicted unflushed, so the flush is unconditional.
+    for (TableCache::Slot& r : refblock_cache_.slots()) write_back(r, false);
+    file_->flush();
   }
   file_->write(slot.offset, slot.data);
   slot.dirty = false;
@@ -652,7 +651,6 @@ void Qcow2Node::write_extended_cluster(uint64_t guest, std::span<const std::byte
   const uint64_t in_cluster = guest - cluster_guest;
   const uint64_t end = in_cluster + data.size();
   const uint64_t s0 = in_cluster / sub, s1 = (end - 1) / sub;
-  const uint64_t touched = ((s1 - s0 + 1 == 64 ? ~0ull : ((1ull << (s1 - s0 + 1)) - 1)) << s0) & 0xffffffffull;
   uint64_t l2_off = 0, old_entry = 0, old_bitmap = 0, target = 0;
   bool relocate = false;
   {
@@ -688,20 +686,17 @@ void Qcow2Node::write_extended_cluster(uint64_t guest, std::span<const std::byte
     }
     write_data(target + from, {buffer, to - from});
   };
-  if (relocate || !((old_alloc >> s0) & 1)) fill(s0 * sub, in_cluster);
-  if (relocate || !((old_alloc >> s1) & 1)) fill(end, (s1 + 1) * sub);
-  if (relocate) {
-    for (uint64_t s = 0; s < 32;) {
-      if (((touched >> s) & 1) || !((old_alloc >> s) & 1)) {
-        ++s;
-        continue;
-      }
-      uint64_t t = s;
-      while (t < 32 && !((touched >> t) & 1) && ((old_alloc >> t) & 1)) ++t;
-      fill(s * sub, t * sub);
-      s = t;
-    }
+  // Subclusters [first, last) become allocated. In place, those written; when
+  // the cluster moves, as qemu, the span from the first to the last allocated
+  // or written one, gaps included (they take the contents they showed).
+  uint64_t first = s0, last = s1 + 1;
+  if (relocate && old_alloc != 0) {
+    first = std::min<uint64_t>(s0, __builtin_ctzll(old_alloc));
+    last = std::max<uint64_t>(s1 + 1, 64 - __builtin_clzll(old_alloc));
   }
+  if (relocate || !((old_alloc >> s0) & 1)) fill(first * sub, in_cluster);
+  if (relocate || !((old_alloc >> s1) & 1)) fill(end, last * sub);
+  const uint64_t touched = ((last - first == 64 ? ~0ull : ((1ull << (last - first)) - 1)) << first) & 0xffffffffull;
   write_data(target + in_cluster, data);
   std::lock_guard lock(meta_);
   std::byte* table = load_table(l2_cache_, l2_off, true);
@@ -808,7 +803,13 @@ uint64_t Qcow2Node::find_free_run(uint64_t count) {
 }
 
 uint64_t Qcow2Node::alloc_clusters(uint64_t count) {
-  const uint64_t start = find_free_run(count);
+  uint64_t start = find_free_run(count);
+  if (deferred_reclaimable_ != 0 && (start + count) * cluster_size_ > std::max(host_end_, file_->size())) {
+    // Rather than grow the file, make the clusters waiting for their tables to
+    // reach the disk reusable (not for mere decrements of shared clusters).
+    flush_metadata();
+    start = find_free_run(count);
+  }
   pending_.emplace_back(start, start + count);
   try {
     for (uint64_t i = 0; i < count; ++i) set_refcount(start + i, 1);
@@ -928,16 +929,21 @@ void Qcow2Node::grow_l1(uint64_t min_entries) {
   if (old_bytes != 0) update_refcount_range(old_offset, old_bytes, -1);
 }
 
+// Order on disk: data and refcount increments, then L2 tables, then the L1
+// table, then refcount decrements of the references those tables dropped.
+// A crash in between leaves at worst leaked clusters, never an entry pointing
+// at a free cluster or lost copy-on-write data.
 void Qcow2Node::flush_metadata() {
   if (read_only_) return;
   bool refblocks_dirty = reftable_dirty_;
   for (TableCache::Slot& r : refblock_cache_.slots()) refblocks_dirty |= r.dirty;
   bool l2_dirty = false;
   for (TableCache::Slot& s : l2_cache_.slots()) l2_dirty |= s.dirty;
-  if (!refblocks_dirty && !l2_dirty && !l1_dirty_) return;
-  for (TableCache::Slot& r : refblock_cache_.slots()) {
-    write_back(r, false);
-  }
+  if (!refblocks_dirty && !l2_dirty && !l1_dirty_ && deferred_frees_.empty()) return;
+  auto write_refblocks = [&] {
+    for (TableCache::Slot& r : refblock_cache_.slots()) write_back(r, false);
+  };
+  write_refblocks();
   if (reftable_dirty_) {
     if (!dirty_on_disk_) file_->flush();
     std::vector<std::byte> raw(reftable_.size() * 8);
@@ -945,17 +951,38 @@ void Qcow2Node::flush_metadata() {
     file_->write(header_.refcount_table_offset, raw);
     reftable_dirty_ = false;
   }
-  if (l2_dirty || l1_dirty_) {
-    // Data and refcounts reach the disk before the L2 entries referencing them.
-    if (!dirty_on_disk_ && refblocks_dirty) file_->flush();
-    for (TableCache::Slot& s : l2_cache_.slots()) write_back(s, true);
+  if (l2_dirty) {
+    // Data (with copy-on-write parts) and refcounts before the L2 entries referencing them.
+    file_->flush();
+    for (TableCache::Slot& s : l2_cache_.slots()) {
+      if (!s.dirty) continue;
+      file_->write(s.offset, s.data);
+      s.dirty = false;
+    }
   }
   if (l1_dirty_) {
-    if (!dirty_on_disk_) file_->flush();
+    // Even with lazy refcounts: an L1 entry must not reach the disk before its L2 table.
+    file_->flush();
     std::vector<std::byte> raw(l1_.size() * 8);
     for (uint64_t i = 0; i < l1_.size(); ++i) store_be64(raw.data() + i * 8, l1_[i]);
     file_->write(header_.l1_table_offset, raw);
     l1_dirty_ = false;
+  }
+  if (!deferred_frees_.empty()) {
+    // Even with lazy refcounts: a freed cluster may be reused for other data at once.
+    file_->flush();
+    apply_deferred_frees();
+    write_refblocks();
+  }
+}
+
+void Qcow2Node::apply_deferred_frees() {
+  std::vector<uint64_t> frees;
+  frees.swap(deferred_frees_);
+  deferred_reclaimable_ = 0;
+  for (uint64_t cluster : frees) {
+    update_refcount(cluster, -1);
+    if (get_refcount(cluster) == 0) file_->discard(cluster * cluster_size_, cluster_size_);
   }
 }
 
@@ -965,7 +992,9 @@ void Qcow2Node::release_entry(uint64_t entry) {
     const uint32_t x = 62 - (cluster_bits_ - 8);
     const uint64_t host = entry & ((1ull << x) - 1);
     const uint64_t sectors = ((entry & ~kCompressed & ~kCopied) >> x) + 1;
-    update_refcount_range(host & ~511ull, sectors * 512, -1);
+    const uint64_t begin = host & ~511ull;
+    const uint64_t end = begin + sectors * 512;
+    for (uint64_t c = begin / cluster_size_; c <= (end - 1) / cluster_size_; ++c) defer_free(c);
     return;
   }
   const uint64_t host = entry & kOffsetMask;
@@ -974,8 +1003,7 @@ void Qcow2Node::release_entry(uint64_t entry) {
     return;
   }
   if (host == 0) return;
-  update_refcount(host / cluster_size_, -1);
-  if (get_refcount(host / cluster_size_) == 0) file_->discard(host, cluster_size_);
+  defer_free(host / cluster_size_);
 }
 
 // The L2 table for `index`, allocated or copied so that it may be modified.
@@ -992,7 +1020,7 @@ uint64_t Qcow2Node::writable_l2(uint64_t index) {
     std::vector<std::byte> copy(cluster_size_);
     std::memcpy(copy.data(), load_table(l2_cache_, old, true), cluster_size_);
     std::memcpy(load_table(l2_cache_, fresh, true, true), copy.data(), cluster_size_);
-    update_refcount(old / cluster_size_, -1);
+    defer_free(old / cluster_size_);
   } else {
     load_table(l2_cache_, fresh, true, true);
   }
@@ -1185,12 +1213,31 @@ void Qcow2Node::write_run(uint64_t offset, std::span<const std::byte> data) {
   }
 }
 
+// As qemu: whole zeroing units (clusters, or subclusters with extended L2)
+// get the zero flag, whether allocated or not; a partial unit does too when
+// it is unallocated or zero and the rest of it reads as zeroes, otherwise it
+// is written as data.
 void Qcow2Node::write_zeroes(uint64_t offset, uint64_t length, ZeroFlags flags) {
   uint32_t version = 0;
   {
     std::shared_lock drain(drain_);
     check_writable();
     version = header_.version;
+  }
+  if (version >= 3 && !data_raw_) {
+    const uint64_t unit = extended_ ? cluster_size_ / 32 : cluster_size_;
+    const uint64_t end = offset + length;
+    uint64_t pos = offset;
+    if (pos % unit != 0) {
+      const uint64_t stop = std::min(end, round_up(pos, unit));
+      zero_partial_unit(pos, stop, flags);
+      pos = stop;
+    }
+    // The image's last partial unit counts as whole.
+    const uint64_t aligned_end = end == size() ? end : std::max(pos, end & ~(unit - 1));
+    zero_aligned(pos, aligned_end, flags);
+    if (aligned_end < end) zero_partial_unit(aligned_end, end, flags);
+    return;
   }
   const uint64_t end = offset + length;
   const uint64_t full_begin = round_up(offset, cluster_size_);
@@ -1234,6 +1281,124 @@ void Qcow2Node::write_zeroes(uint64_t offset, uint64_t length, ZeroFlags flags) 
   partial(full_end, end);
 }
 
+// True when [offset, offset+length) reads as zeroes by its metadata alone
+// (zero clusters, or unallocated down the whole backing chain), as qemu's
+// block status sees it; data is not read.
+bool Qcow2Node::reads_zero_by_status(uint64_t offset, uint64_t length) {
+  uint64_t pos = offset;
+  const uint64_t end = offset + length;
+  while (pos < end) {
+    Mapping m;
+    {
+      std::shared_lock drain(drain_);
+      std::lock_guard lock(meta_);
+      m = lookup(pos, end - pos);
+    }
+    if (m.kind == Kind::Normal || m.kind == Kind::Compressed) return false;
+    if (m.kind == Kind::Unallocated) {
+      // Down the backing chain: zero, or unallocated everywhere, or past a layer's end.
+      for (uint64_t at = pos; at < pos + m.bytes;) {
+        Node* layer = backing_.get();
+        uint64_t step = pos + m.bytes - at;
+        bool zero = true;
+        while (layer != nullptr) {
+          if (at >= layer->size()) break;
+          step = std::min(step, layer->size() - at);
+          const BlockStatus status = layer->block_status(at, step);
+          step = std::min(step, status.length);
+          if (status.flags & kStatusZero) break;
+          if (status.flags & (kStatusData | kStatusAllocated)) {
+            zero = false;
+            break;
+          }
+          layer = layer->backing_child();
+        }
+        if (!zero) return false;
+        at += step;
+      }
+    }
+    pos += m.bytes;
+  }
+  return true;
+}
+
+// [begin, end) inside one zeroing unit, not covering all of it.
+void Qcow2Node::zero_partial_unit(uint64_t begin, uint64_t end, ZeroFlags flags) {
+  const uint64_t unit = extended_ ? cluster_size_ / 32 : cluster_size_;
+  const uint64_t unit_begin = begin & ~(unit - 1);
+  const uint64_t unit_end = std::min(unit_begin + unit, size());
+  bool whole = false;
+  {
+    std::shared_lock drain(drain_);
+    std::lock_guard lock(meta_);
+    const Mapping m = lookup(unit_begin, unit_end - unit_begin);
+    whole = m.bytes >= unit_end - unit_begin && (m.kind == Kind::Unallocated || m.kind == Kind::Zero);
+  }
+  whole = whole && reads_zero_by_status(unit_begin, begin - unit_begin) && reads_zero_by_status(end, unit_end - end);
+  // Checked again under the range lock: a concurrent write may have allocated the unit meanwhile.
+  if (whole && extended_) {
+    if (zero_subclusters(unit_begin, unit_begin + unit, true)) return;
+  } else if (whole) {
+    if (zero_or_discard(unit_begin, cluster_size_, false, flags.may_unmap, false, true)) return;
+  }
+  if (flags.no_fallback) throw Error(ENOTSUP, fmt::format("'{}': fast zeroing of partial clusters is not supported", filename()));
+  Node::write_zeroes(begin, end - begin, {});
+}
+
+// [begin, end) aligned to zeroing units.
+void Qcow2Node::zero_aligned(uint64_t begin, uint64_t end, ZeroFlags flags) {
+  if (begin >= end) return;
+  if (!extended_) {
+    zero_or_discard(begin, round_up(end - begin, cluster_size_), false, flags.may_unmap, false);
+    return;
+  }
+  // Subclusters of the first and last cluster, whole clusters between. A
+  // compressed cluster cannot be zeroed in part: then all is written as data.
+  const bool head = begin % cluster_size_ != 0;
+  const uint64_t head_end = head ? std::min(end, round_up(begin, cluster_size_)) : begin;
+  const uint64_t tail_begin = std::max(head_end, end & ~(cluster_size_ - 1));
+  const bool tail = tail_begin < end;
+  auto compressed = [&](uint64_t guest) {
+    std::shared_lock drain(drain_);
+    std::lock_guard lock(meta_);
+    return lookup(guest, 1).kind == Kind::Compressed;
+  };
+  if ((head && compressed(begin)) || (tail && compressed(tail_begin))) {
+    if (flags.no_fallback) throw Error(ENOTSUP, fmt::format("'{}': compressed clusters cannot be zeroed in part", filename()));
+    Node::write_zeroes(begin, end - begin, {});
+    return;
+  }
+  if (head) zero_subclusters(begin, head_end);
+  if (head_end < tail_begin) zero_or_discard(head_end, tail_begin - head_end, false, flags.may_unmap, false);
+  if (tail) zero_subclusters(tail_begin, end);
+}
+
+// Extended L2: marks the subclusters of [begin, end) (inside one cluster) as
+// zero, keeping the cluster. False for a compressed cluster, and with
+// `only_unmapped` when one of them holds data.
+bool Qcow2Node::zero_subclusters(uint64_t begin, uint64_t end, bool only_unmapped) {
+  const uint64_t sub = cluster_size_ / 32;
+  const uint64_t cluster = begin & ~(cluster_size_ - 1);
+  std::shared_lock drain(drain_);
+  RangeGuard range(ranges_, cluster, cluster + cluster_size_, true);
+  std::lock_guard lock(meta_);
+  const uint64_t l2_off = writable_l2(l1_index(begin));
+  std::byte* table = load_table(l2_cache_, l2_off, true);
+  const uint64_t index = l2_index(begin);
+  const uint64_t entry = l2_entry(table, index);
+  if (classify(entry, l2_off, index) == Kind::Compressed) return false;
+  const uint64_t s0 = (begin - cluster) / sub, s1 = (end - cluster + sub - 1) / sub;
+  const uint64_t mask = (s1 - s0 == 64 ? ~0ull : ((1ull << (s1 - s0)) - 1)) << s0;
+  const uint64_t old_bitmap = l2_bitmap(table, index);
+  if (only_unmapped && (old_bitmap & mask) != 0) return false;
+  const uint64_t bitmap = (old_bitmap | (mask << 32)) & ~mask;
+  if (bitmap != old_bitmap) {
+    store_l2(table, index, entry, bitmap);
+    l2_cache_.find(l2_off)->dirty = true;
+  }
+  return true;
+}
+
 void Qcow2Node::discard(uint64_t offset, uint64_t length) {
   std::shared_lock drain(drain_);
   check_writable();
@@ -1247,11 +1412,13 @@ void Qcow2Node::discard(uint64_t offset, uint64_t length) {
 
 // Rewrites the L2 entries of whole clusters in [offset, offset+length): zero
 // clusters (write_zeroes), or unallocated / zero (discard; `full_unmap` always
-// unallocated, used when shrinking).
-void Qcow2Node::zero_or_discard(uint64_t offset, uint64_t length, bool discard, bool may_unmap, bool full_unmap) {
+// unallocated, used when shrinking). With `only_unmapped` (one cluster),
+// nothing happens and false is returned when the cluster holds data: a
+// concurrent write got there first.
+bool Qcow2Node::zero_or_discard(uint64_t offset, uint64_t length, bool discard, bool may_unmap, bool full_unmap, bool only_unmapped) {
   if (data_raw_ && !full_unmap) {
     // The data file must stay a valid raw image: discard keeps the data, zeroing writes it.
-    if (discard) return;
+    if (discard) return true;
     bool mapped = true;
     {
       std::shared_lock drain(drain_);
@@ -1267,7 +1434,7 @@ void Qcow2Node::zero_or_discard(uint64_t offset, uint64_t length, bool discard, 
     } else {
       Node::write_zeroes(offset, length, {});
     }
-    return;
+    return true;
   }
   std::shared_lock drain(drain_);
   RangeGuard range(ranges_, offset, offset + length, true);
@@ -1279,7 +1446,9 @@ void Qcow2Node::zero_or_discard(uint64_t offset, uint64_t length, bool discard, 
     const uint64_t first = l2_index(pos);
     const uint64_t count = std::min((end - pos) / cluster_size_, l2_entries_ - first);
     const uint64_t existing = l2_offset_of(index);
-    if (existing == 0 && (discard || !backing_)) {  // nothing mapped here, and nothing shows through
+    // Discarding unmapped clusters changes nothing unless a backing file shows through;
+    // zeroing always sets the zero flags (as qemu, which allocates the table for it).
+    if (existing == 0 && (full_unmap || (discard && !backing_))) {
       pos += count * cluster_size_;
       continue;
     }
@@ -1291,23 +1460,30 @@ void Qcow2Node::zero_or_discard(uint64_t offset, uint64_t length, bool discard, 
       const uint64_t old = l2_entry(table, i);
       const uint64_t old_bitmap = l2_bitmap(table, i);
       const Kind kind = classify(old, l2_off, i);
+      if (only_unmapped && (kind == Kind::Normal || kind == Kind::Compressed)) return false;
       uint64_t fresh;
       uint64_t fresh_bitmap = 0;
       constexpr uint64_t kAllZero = 0xffffffff00000000ull;  // extended L2: every subcluster reads as zero
+      // As qemu, a discarded cluster reads as zeroes (v3) when it was allocated or
+      // would show the backing file; an unallocated one without backing stays so.
+      const bool allocated = kind == Kind::Normal || kind == Kind::Compressed || (old & kOffsetMask) != 0;
+      const bool keep = discard && !full_unmap && !backing_ && !allocated;
       if (extended_) {
+        if (keep) continue;
         if (discard) {
           fresh = 0;
-          fresh_bitmap = (!full_unmap && backing_) ? kAllZero : 0;
+          fresh_bitmap = full_unmap ? 0 : kAllZero;
         } else {
-          fresh = (!may_unmap && kind == Kind::Normal && (old & kCopied)) ? old : 0;  // keep the preallocation
+          fresh = (!may_unmap && kind == Kind::Normal) ? old : 0;  // keep the cluster, as qemu
           fresh_bitmap = kAllZero;
         }
         if (fresh == old && fresh_bitmap == old_bitmap) continue;
       } else {
+        if (keep) continue;
         if (discard) {
-          fresh = (!full_unmap && header_.version >= 3 && backing_) ? kZeroFlag : 0;
-        } else if (!may_unmap && kind == Kind::Normal && (old & kCopied)) {
-          fresh = old | kZeroFlag;  // keep the preallocation
+          fresh = (!full_unmap && header_.version >= 3) ? kZeroFlag : 0;
+        } else if (!may_unmap && kind == Kind::Normal) {
+          fresh = old | kZeroFlag;  // keep the cluster (shared ones too), as qemu
         } else if (!may_unmap && kind == Kind::Zero && (old & kOffsetMask)) {
           fresh = old;
         } else {
@@ -1324,7 +1500,9 @@ void Qcow2Node::zero_or_discard(uint64_t offset, uint64_t length, bool discard, 
       }
     }
     pos += count * cluster_size_;
+    if (deferred_frees_.size() >= kMaxDeferredFrees) flush_metadata();
   }
+  return true;
 }
 
 void Qcow2Node::flush() {

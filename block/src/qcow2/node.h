@@ -171,6 +171,12 @@ class Qcow2Node final : public Node {
   Mapping lookup(uint64_t guest, uint64_t max_bytes);
   uint64_t writable_l2(uint64_t l1_index);
   void release_entry(uint64_t entry);
+  // Drops one reference once the tables no longer holding it are on disk.
+  void defer_free(uint64_t cluster) {
+    deferred_frees_.push_back(cluster);
+    if (get_refcount(cluster) <= 1) ++deferred_reclaimable_;
+  }
+  void apply_deferred_frees();
 
   uint64_t get_refcount(uint64_t cluster);
   void set_refcount(uint64_t cluster, uint64_t value);
@@ -203,7 +209,11 @@ class Qcow2Node final : public Node {
   void load_luks();
   void decompress_cluster(uint64_t descriptor, std::span<std::byte> out);
   void write_run(uint64_t guest, std::span<const std::byte> data);
-  void zero_or_discard(uint64_t offset, uint64_t length, bool discard, bool may_unmap, bool full_unmap);
+  bool zero_or_discard(uint64_t offset, uint64_t length, bool discard, bool may_unmap, bool full_unmap, bool only_unmapped = false);
+  bool reads_zero_by_status(uint64_t offset, uint64_t length);
+  void zero_partial_unit(uint64_t begin, uint64_t end, ZeroFlags flags);
+  void zero_aligned(uint64_t begin, uint64_t end, ZeroFlags flags);
+  bool zero_subclusters(uint64_t begin, uint64_t end, bool only_unmapped = false);
 
   // --- snapshots / check helpers (drain_ held exclusively)
   void write_snapshot_table(const std::vector<Snapshot>& table);
@@ -260,6 +270,13 @@ class Qcow2Node final : public Node {
   uint64_t host_end_ = 0;  // end of the highest cluster allocated since opening
   std::vector<std::pair<uint64_t, uint64_t>> pending_;  // cluster ranges being allocated
   uint64_t compressed_tail_ = 0;                         // next free byte in the compressed cluster, 0: none
+  // References dropped by L2/L1 changes still only in the caches. Their
+  // refcounts fall (and the clusters become reusable) after flush_metadata has
+  // written those tables: a refcount decrement or a reused cluster reaching the
+  // disk before them would leave an on-disk L2 entry pointing at a free or
+  // foreign cluster after a crash.
+  std::vector<uint64_t> deferred_frees_;
+  uint64_t deferred_reclaimable_ = 0;  // of those, clusters likely to become free
   // Sorted metadata extents for overlap checks, rebuilt after table moves.
   struct Extent {
     uint64_t begin, end;
