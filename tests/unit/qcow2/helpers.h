@@ -11,28 +11,15 @@
 #include <string>
 #include <vector>
 
+#include "../support/command_and_tempdir.h"
 #include "kiln/block/image.h"
 #include "kiln/common/error.h"
 #include "kiln/common/size.h"
 
 namespace kiln::block::test {
 
-struct CommandResult {
-  int status = 0;
-  std::string output;
-};
-
-inline CommandResult run(const std::string& command) {
-  CommandResult result;
-  std::FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return {-1, "popen failed"};
-  std::array<char, 4096> chunk;
-  size_t n;
-  while ((n = std::fread(chunk.data(), 1, chunk.size(), pipe)) > 0) result.output.append(chunk.data(), n);
-  int status = ::pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using kiln::test::CommandResult;
+using kiln::test::run;
 
 // qemu's LUKS PBKDF2 benchmark sometimes fails under CPU load ("Unable to get
 // accurate CPU usage"); such commands are retried.
@@ -45,21 +32,9 @@ inline CommandResult run_retrying(const std::string& command) {
   return result;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "kiln-qcow2-XXXXXX").string();
-    path_ = ::mkdtemp(templ.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+// A temporary folder named kiln-qcow2-XXXXXX.
+struct TempDir : kiln::test::TempDir {
+  TempDir() : kiln::test::TempDir("kiln-qcow2") {}
 };
 
 inline std::string create_qcow2(const std::string& filename, uint64_t size, const std::string& options = "") {

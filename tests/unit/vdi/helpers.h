@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/command_and_tempdir.h"
 #include "kiln/block/image.h"
 #include "kiln/common/error.h"
 #include "vdi/format.h"
@@ -19,38 +20,12 @@
 
 namespace kiln::block::vdi::test {
 
-struct CommandResult {
-  int status = 0;
-  std::string output;
-};
+using kiln::test::CommandResult;
+using kiln::test::run;
 
-inline CommandResult run(const std::string& command) {
-  CommandResult result;
-  std::FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return {-1, "popen failed"};
-  std::array<char, 4096> chunk;
-  size_t n;
-  while ((n = std::fread(chunk.data(), 1, chunk.size(), pipe)) > 0) result.output.append(chunk.data(), n);
-  int status = ::pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-class TempDir {
- public:
-  TempDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "kiln-vdi-XXXXXX").string();
-    path_ = ::mkdtemp(templ.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+// A temporary folder named kiln-vdi-XXXXXX.
+struct TempDir : kiln::test::TempDir {
+  TempDir() : kiln::test::TempDir("kiln-vdi") {}
 };
 
 inline constexpr uint64_t kMiB = 1 << 20;

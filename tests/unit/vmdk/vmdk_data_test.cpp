@@ -12,6 +12,7 @@
 #include <random>
 #include <thread>
 
+#include "../support/command_and_tempdir.h"
 #include "kiln/block/image.h"
 #include "kiln/common/error.h"
 #include "vmdk/format.h"
@@ -19,37 +20,12 @@
 namespace kiln::block::vmdk {
 namespace {
 
-struct CommandResult {
-  int status = 0;
-  std::string output;
-};
+using kiln::test::CommandResult;
+using kiln::test::run;
 
-CommandResult run(const std::string& command) {
-  CommandResult result;
-  std::FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return {-1, "popen failed"};
-  std::array<char, 4096> chunk;
-  size_t n;
-  while ((n = std::fread(chunk.data(), 1, chunk.size(), pipe)) > 0) result.output.append(chunk.data(), n);
-  int status = ::pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-class TempDir {
- public:
-  TempDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "kiln-vmdk-XXXXXX").string();
-    path_ = ::mkdtemp(templ.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
-
- private:
-  std::string path_;
+// A temporary folder named kiln-vmdk-XXXXXX.
+struct TempDir : kiln::test::TempDir {
+  TempDir() : kiln::test::TempDir("kiln-vmdk") {}
 };
 
 std::string create_vmdk(const std::string& filename, uint64_t size, const std::string& options = "") {
