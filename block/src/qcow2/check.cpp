@@ -177,6 +177,17 @@ CheckResult Qcow2Node::check_locked(CheckRepair repair) {
   // Compare with the stored refcounts, like qemu over the clusters of the file
   // and those referenced (refcounts of clusters past the end are not looked at).
   const uint64_t end = refs.size();
+  struct RepairScope {
+    std::vector<uint32_t>*& slot;
+    ~RepairScope() { slot = nullptr; }
+  } scope{repair_refs_};
+  if (repair == CheckRepair::All) {
+    for (uint64_t i = 0; i < reftable_.size(); ++i) {
+      if (reftable_[i] >= file_size) reftable_[i] = 0, reftable_dirty_ = true;  // reported above; replaced below
+    }
+    repair_refs_ = &refs;
+    create_missing_refblocks();
+  }
   for (uint64_t c = 0; c < end; ++c) {
     const uint64_t block = c / refblock_entries_;
     if (c >= refs.size() && (block >= reftable_.size() || reftable_[block] == 0)) {

@@ -781,7 +781,7 @@ void Qcow2Node::update_refcount_range(uint64_t offset, uint64_t bytes, int64_t d
 }
 
 bool Qcow2Node::cluster_free(uint64_t cluster) {
-  if (cluster == 0) return false;
+  if (cluster == 0 || referenced_in_repair(cluster)) return false;
   for (auto [begin, end] : pending_) {
     if (cluster >= begin && cluster < end) return false;
   }
@@ -828,7 +828,7 @@ void Qcow2Node::create_refblock(uint64_t index) {
   // cluster is free (no block yet) except those being allocated right now.
   uint64_t cluster = index * refblock_entries_;
   auto pending = [&](uint64_t c) {
-    if (c == 0) return true;
+    if (c == 0 || referenced_in_repair(c)) return true;
     for (auto [begin, end] : pending_) {
       if (c >= begin && c < end) return true;
     }
@@ -845,6 +845,7 @@ void Qcow2Node::create_refblock(uint64_t index) {
   host_end_ = std::max(host_end_, offset + cluster_size_);
   load_table(refblock_cache_, offset, false, true);
   refblock_cache_.find(offset)->dirty = true;
+  count_in_repair(cluster, 1);
   if (self_describing) {
     set_refcount(cluster, 1);
     return;
@@ -886,6 +887,7 @@ void Qcow2Node::grow_reftable(uint64_t min_entries) {
     throw;
   }
   std::erase(pending_, std::pair{start, start + clusters});
+  for (uint64_t i = 0; i < clusters; ++i) count_in_repair(start + i, 1);
   // New blocks first, then the table, then the header pointing at it.
   for (TableCache::Slot& r : refblock_cache_.slots()) write_back(r, false);
   std::vector<std::byte> raw(clusters * cluster_size_);
@@ -901,7 +903,40 @@ void Qcow2Node::grow_reftable(uint64_t min_entries) {
   file_->flush();
   reftable_dirty_ = false;
   overlap_index_valid_ = false;
-  for (uint64_t i = 0; i < old_clusters; ++i) update_refcount(old_offset / cluster_size_ + i, -1);
+  for (uint64_t i = 0; i < old_clusters; ++i) {
+    const uint64_t cluster = old_offset / cluster_size_ + i;
+    if (repair_refs_ == nullptr) {
+      update_refcount(cluster, -1);
+      continue;
+    }
+    // The stored count may be stale: the repair sets it from the counted references.
+    count_in_repair(cluster, -1);
+    set_refcount(cluster, (*repair_refs_)[cluster]);
+  }
+}
+
+void Qcow2Node::count_in_repair(uint64_t cluster, int delta) {
+  if (repair_refs_ == nullptr) return;
+  std::vector<uint32_t>& refs = *repair_refs_;
+  if (cluster >= refs.size()) refs.resize(cluster + 1);
+  refs[cluster] = static_cast<uint32_t>(static_cast<int64_t>(refs[cluster]) + delta);
+}
+
+void Qcow2Node::create_missing_refblocks() {
+  // Lazy refcounts or a crash can leave referenced clusters with no refcount
+  // block covering them; the blocks (and a larger table) are placed where
+  // nothing is referenced, so repairing never overwrites live data.
+  const std::vector<uint32_t>& refs = *repair_refs_;
+  const uint64_t counted = refs.size();
+  for (uint64_t block = 0; block * refblock_entries_ < counted; ++block) {
+    if (block < reftable_.size() && reftable_[block] != 0) continue;
+    const uint64_t begin = block * refblock_entries_, end = std::min(counted, begin + refblock_entries_);
+    for (uint64_t c = begin; c < end; ++c) {
+      if (refs[c] == 0) continue;
+      set_refcount(c, refs[c]);  // creates the block
+      break;
+    }
+  }
 }
 
 void Qcow2Node::grow_l1(uint64_t min_entries) {

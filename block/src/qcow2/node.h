@@ -187,6 +187,13 @@ class Qcow2Node final : public Node {
   uint64_t alloc_clusters(uint64_t count);
   void create_refblock(uint64_t index);
   void grow_reftable(uint64_t min_entries);
+  // During a repair the stored refcounts cannot be trusted to say which
+  // clusters are free: allocation consults the counted references instead.
+  bool referenced_in_repair(uint64_t cluster) const {
+    return repair_refs_ != nullptr && cluster < repair_refs_->size() && (*repair_refs_)[cluster] != 0;
+  }
+  void count_in_repair(uint64_t cluster, int delta);
+  void create_missing_refblocks();
   void grow_l1(uint64_t min_entries);
   uint64_t alloc_compressed_bytes(uint64_t length);
 
@@ -267,6 +274,7 @@ class Qcow2Node final : public Node {
   TableCache refblock_cache_;
 
   uint64_t free_hint_ = 0;
+  std::vector<uint32_t>* repair_refs_ = nullptr;  // references counted by a running repair
   uint64_t host_end_ = 0;  // end of the highest cluster allocated since opening
   std::vector<std::pair<uint64_t, uint64_t>> pending_;  // cluster ranges being allocated
   uint64_t compressed_tail_ = 0;                         // next free byte in the compressed cluster, 0: none

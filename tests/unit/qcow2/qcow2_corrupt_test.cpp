@@ -17,6 +17,25 @@ void patch_be64(const std::string& file, uint64_t offset, uint64_t value) {
   f.write(reinterpret_cast<const char*>(raw), 8);
 }
 
+uint64_t read_be64(const std::string& file, uint64_t offset) {
+  std::ifstream f(file, std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  unsigned char raw[8] = {};
+  f.read(reinterpret_cast<char*>(raw), 8);
+  uint64_t value = 0;
+  for (unsigned char b : raw) value = value << 8 | b;
+  return value;
+}
+
+void copy_bytes(const std::string& file, uint64_t from, uint64_t to, size_t length) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  std::vector<char> data(length);
+  f.seekg(static_cast<std::streamoff>(from));
+  f.read(data.data(), static_cast<std::streamsize>(length));
+  f.seekp(static_cast<std::streamoff>(to));
+  f.write(data.data(), static_cast<std::streamsize>(length));
+}
+
 bool corrupt_bit(const std::string& file) {
   CommandResult r = run("qemu-img info -U --output=json '" + file + "'");
   return r.output.find("\"corrupt\": true") != std::string::npos;
@@ -135,6 +154,36 @@ TEST(Qcow2Corrupt, RepairClearsTheBit) {
   expect_qemu_check_clean(file);
   expect_qemu_reads(file, 2 << 20, 65536, 7);
   expect_qemu_reads(file, 1 << 20, 65536, 2);
+}
+
+// A crash with lazy refcounts can leave data clusters in a range that has no
+// refcount block yet. Rebuilding the refcounts on open must place the new block
+// where nothing is referenced, not at the range's first cluster over live data.
+TEST(Qcow2Corrupt, DirtyImageRepairKeepsDataWhereAMissingRefblockWouldGo) {
+  TempDir dir;
+  const std::string file = dir.file("lazy.qcow2");
+  // 512-byte clusters, 16-bit refcounts: one refcount block covers 256 clusters (128 KiB).
+  create_qcow2(file, 1 << 20, "cluster_size=512,lazy_refcounts=on");
+  {
+    auto image = open_image(file);
+    for (uint64_t k = 0; k < 512; ++k) image->write(k * 512, pattern(512, static_cast<uint8_t>(k % 251 + 1)));
+  }
+  const uint64_t reftable = read_be64(file, 48);
+  const uint64_t second_block = read_be64(file, reftable + 8);
+  ASSERT_EQ(second_block / 512 / 256, 1u) << "the second refcount block describes itself";
+  // Lose the second block, move guest cluster 0's data onto the cluster it
+  // occupied, and leave the image dirty, as a crash could.
+  const uint64_t l2 = read_be64(file, read_be64(file, 40)) & 0x00fffffffffffe00ull;
+  const uint64_t data = read_be64(file, l2) & 0x00fffffffffffe00ull;
+  copy_bytes(file, data, second_block, 512);
+  patch_be64(file, l2, 0x8000000000000000ull | second_block);
+  patch_be64(file, reftable + 8, 0);
+  patch_be64(file, 72, read_be64(file, 72) | 1);  // incompatible feature: dirty
+
+  open_image(file).reset();  // read-write open rebuilds the refcounts
+  expect_qemu_check_clean(file);
+  auto image = open_image(file, true);
+  for (uint64_t k = 0; k < 512; ++k) expect_reads(*image, k * 512, 512, static_cast<uint8_t>(k % 251 + 1));
 }
 
 }  // namespace
