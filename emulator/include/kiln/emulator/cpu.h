@@ -2,6 +2,7 @@
 // the TB at (pc, mode), run it on the interpreter, handle its exit.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include "kiln/emulator/cpu_state.h"
 #include "kiln/emulator/frontend.h"
 #include "kiln/emulator/interpreter.h"
+#include "kiln/emulator/io.h"
 #include "kiln/emulator/memory.h"
 
 namespace kiln::emu {
@@ -60,6 +62,16 @@ class TbCache {
   std::vector<TranslatedBlock*> fast_ = std::vector<TranslatedBlock*>(kFastSize, nullptr);
 };
 
+// The source of external (maskable) interrupts, e.g. the machine's 8259 PIC.
+// pending() may be asked at any TB boundary; acknowledge() is called once the
+// CPU accepts the interrupt (IF set, no interrupt shadow) and returns the vector.
+class InterruptController {
+ public:
+  virtual ~InterruptController() = default;
+  virtual bool pending() = 0;
+  virtual uint8_t acknowledge() = 0;
+};
+
 enum class StopReason { InsnLimit, Exception, Halt, Syscall };
 
 struct RunResult {
@@ -89,6 +101,13 @@ class Cpu {
   void flush_translations() { cache_.flush(); }
   const CpuStats& stats() const { return stats_; }
   Memory& memory() { return memory_; }
+
+  // Devices and timers (any thread) ask the CPU to leave its current TB and
+  // look at interrupts / stop requests; checked at every TB boundary.
+  void request_exit() { exit_request_.store(true, std::memory_order_release); }
+  void set_io_bus(IoBus* bus) { io_ = bus; }
+  IoBus* io_bus() { return io_; }
+  void set_interrupt_controller(InterruptController* pic) { pic_ = pic; }
 
   // Guest memory accessors used by the backends. On failure they fill
   // state.exception (#PF or #GP) and return false.
@@ -133,6 +152,9 @@ class Cpu {
   void log_cpu_state();
 
   Memory& memory_;
+  IoBus* io_ = nullptr;
+  InterruptController* pic_ = nullptr;
+  std::atomic<bool> exit_request_{false};
   TbCache cache_;
   TranslateOptions options_;
   CpuStats stats_;

@@ -73,6 +73,57 @@ struct X87State {
   }
 };
 
+// A segment register's hidden part, loaded from a descriptor (or computed in
+// real/virtual-8086 mode). `attrs` holds descriptor bits 40..47 in its low
+// byte (type, S, DPL, P) and bits 52..55 in bits 12..15 (AVL, L, D/B, G), as
+// in VMX and SVM; `limit` is the expanded byte limit.
+struct SegmentCache {
+  uint64_t base = 0;
+  uint32_t limit = 0xffff;
+  uint16_t selector = 0;
+  uint16_t attrs = 0x93;  // present, writable data, accessed (the reset state)
+};
+
+struct TableRegister {
+  uint64_t base = 0;
+  uint32_t limit = 0xffff;
+};
+
+namespace cr0 {
+constexpr uint64_t PE = 1u << 0, MP = 1u << 1, EM = 1u << 2, TS = 1u << 3, ET = 1u << 4, NE = 1u << 5,
+                   WP = 1u << 16, AM = 1u << 18, NW = 1u << 29, CD = 1u << 30, PG = 1u << 31;
+}
+namespace cr4 {
+constexpr uint64_t VME = 1u << 0, PVI = 1u << 1, TSD = 1u << 2, DE = 1u << 3, PSE = 1u << 4, PAE = 1u << 5,
+                   MCE = 1u << 6, PGE = 1u << 7, PCE = 1u << 8, OSFXSR = 1u << 9, OSXMMEXCPT = 1u << 10,
+                   UMIP = 1u << 11, FSGSBASE = 1u << 16, PCIDE = 1u << 17, OSXSAVE = 1u << 18, SMEP = 1u << 20,
+                   SMAP = 1u << 21;
+}
+namespace efer {
+constexpr uint64_t SCE = 1u << 0, LME = 1u << 8, LMA = 1u << 10, NXE = 1u << 11;
+}
+
+// System (privileged) state: control registers, descriptor tables, MSRs.
+// Reset values are the SDM's power-up state.
+struct SystemState {
+  uint64_t cr0 = cr0::ET | cr0::CD | cr0::NW;
+  uint64_t cr2 = 0, cr3 = 0, cr4 = 0, cr8 = 0;
+  uint64_t efer = 0;
+  uint64_t dr[8] = {0, 0, 0, 0, 0, 0, 0xffff0ff0, 0x400};
+  TableRegister gdtr, idtr;
+  SegmentCache ldtr{.attrs = 0x82}, tr{.attrs = 0x8b};
+  uint8_t cpl = 0;
+  // MSRs Linux uses.
+  uint64_t star = 0, lstar = 0, cstar = 0, sfmask = 0, kernel_gs_base = 0;
+  uint64_t sysenter_cs = 0, sysenter_esp = 0, sysenter_eip = 0;
+  uint64_t apic_base = 0xfee00900;  // enabled, bootstrap processor
+  uint64_t pat = 0x0007040600070406ull;
+  uint64_t tsc_aux = 0, misc_enable = 1;  // fast strings
+  uint64_t mtrr_def_type = 0, mtrr_fixed[11] = {}, mtrr_var[16] = {};
+  // Interrupts are inhibited for one instruction after STI, MOV SS and POP SS.
+  bool interrupt_shadow = false;
+};
+
 struct CpuState {
   uint64_t regs[16] = {};
   uint64_t rip = 0;
@@ -83,6 +134,10 @@ struct CpuState {
   uint64_t rflags_other = rflags::kFixed | rflags::IF;
   uint64_t seg_base[6] = {};
   uint16_t seg_selector[6] = {};
+  // Limits and attributes of ES..GS (bases and selectors are above, where the IR reads them).
+  uint32_t seg_limit[6] = {0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff};
+  uint16_t seg_attrs[6] = {0x93, 0x9b, 0x93, 0x93, 0x93, 0x93};
+  SystemState sys;
   Xmm xmm[16] = {};
   uint32_t mxcsr = 0x1f80;
   // x87 FPU; the MMX registers alias its register significands.
