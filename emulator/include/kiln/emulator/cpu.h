@@ -109,6 +109,17 @@ class Cpu {
   IoBus* io_bus() { return io_; }
   void set_interrupt_controller(InterruptController* pic) { pic_ = pic; }
 
+  // TLB maintenance for MOV CR0/CR3/CR4, INVLPG and EFER writes. Flushing more
+  // than the architecture requires is always correct; the soft MMU narrows it.
+  void invalidate_tlb(bool include_global) {
+    (void)include_global;
+    flush_tlb();
+  }
+  void invalidate_tlb_page(uint64_t linear) {
+    (void)linear;
+    flush_tlb();
+  }
+
   // Guest memory accessors used by the backends. On failure they fill
   // state.exception (#PF or #GP) and return false.
   template <unsigned Size>

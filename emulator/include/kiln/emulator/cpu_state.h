@@ -19,7 +19,12 @@ struct CpuMode {
   // True when CS/DS/ES/SS bases are all zero (flat model), letting 16/32-bit
   // code skip the segment base addition for those segments.
   bool flat = true;
-  uint32_t key() const { return static_cast<uint32_t>(code) | (flat ? 4u : 0u); }
+  // System mode (a whole machine): privileged instructions, descriptor loads,
+  // exceptions through the IDT. Off for user-mode runs (kiln-x86-run, the
+  // differential tests), where system instructions raise #UD and SYSCALL and
+  // exceptions return to the caller.
+  bool system = false;
+  uint32_t key() const { return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u); }
 };
 
 namespace rflags {
