@@ -65,6 +65,10 @@ void Node::change_backing_file(const std::string&, const std::string&) {
   throw Error(ENOTSUP, fmt::format("Image format '{}' does not support backing files", driver_name()));
 }
 
+Node::DirtyRun Node::dirty_bitmap_status(const std::string& name, uint64_t, uint64_t) {
+  throw Error(ENOENT, fmt::format("Bitmap '{}' is not found", name));
+}
+
 void Node::make_empty() {
   throw Error(ENOTSUP, fmt::format("Image format '{}' cannot be emptied", driver_name()));
 }

@@ -307,13 +307,16 @@ int run(CommandLine& cli) {
   }
   std::unique_ptr<block::Node> overlay;
   block::Node* node = &image->top();
+  block::Node* bitmap_node = node;
+  const std::vector<block::Node::DirtyBitmapInfo> available = bitmap_node->dirty_bitmaps();
+  for (const std::string& bitmap : cli.bitmaps) {
+    auto it = std::find_if(available.begin(), available.end(), [&](const auto& b) { return b.name == bitmap; });
+    if (it == available.end()) throw invalid_argument("Bitmap '{}' is not found", bitmap);
+    if (!it->consistent) throw invalid_argument("Bitmap '{}' is inconsistent and cannot be used", bitmap);
+  }
   if (cli.snapshot) {
     overlay = block::create_snapshot_overlay(std::move(image));
     node = overlay.get();
-  }
-  for (const std::string& bitmap : cli.bitmaps) {
-    // No format exposes persistent dirty bitmaps to the block layer yet.
-    throw invalid_argument("Bitmap '{}' is not found", bitmap);
   }
 
   ServerOptions options;
@@ -326,7 +329,9 @@ int run(CommandLine& cli) {
                            .multi_conn = cli.shared != 1,
                            .discard_unmap = discard_unmap,
                            .detect_zeroes = detect_zeroes,
-                           .allocation_depth = cli.allocation_depth};
+                           .allocation_depth = cli.allocation_depth,
+                           .bitmap_node = bitmap_node,
+                           .bitmaps = cli.bitmaps};
   options.persistent = cli.persistent;
   options.shared = cli.shared == 0 ? UINT_MAX : cli.shared;  // -e 0: unlimited
   options.tls = tls.get();

@@ -19,6 +19,9 @@ constexpr uint32_t kContextAllocation = 1;
 constexpr uint32_t kContextDepth = 2;
 constexpr const char* kAllocationName = "base:allocation";
 constexpr const char* kDepthName = "qemu:allocation-depth";
+constexpr uint32_t kContextFirstBitmap = 3;
+constexpr std::string_view kBitmapPrefix = "qemu:dirty-bitmap:";
+constexpr uint32_t kStateDirty = 1;
 
 std::span<const std::byte> bytes(std::string_view text) { return std::as_bytes(std::span(text.data(), text.size())); }
 
@@ -315,7 +318,7 @@ void Session::on_option() {
         // Whatever was negotiated in plaintext is forgotten.
         structured_ = false;
         extended_ = false;
-        meta_allocation_ = meta_depth_ = false;
+        forget_meta_contexts();
         tls_pending_ = true;
       }
       break;
@@ -371,7 +374,7 @@ void Session::handle_export_name() {
   store16(p, transmission_flags());
   const std::span<const std::byte> parts[] = {std::span<const std::byte>(reply).first(no_zeroes_ ? 10 : reply.size())};
   output_.send(parts);
-  meta_allocation_ = meta_depth_ = false;  // contexts need NBD_OPT_GO
+  forget_meta_contexts();  // contexts need NBD_OPT_GO
   enter_transmission();
 }
 
@@ -431,9 +434,14 @@ void Session::handle_info_go(bool go) {
   option_reply(option, kRepInfo, reply);
   option_reply(option, kRepAck);
   if (go) {
-    if (meta_export_ != name) meta_allocation_ = meta_depth_ = false;
+    if (meta_export_ != name) forget_meta_contexts();
     enter_transmission();
   }
+}
+
+void Session::forget_meta_contexts() {
+  meta_allocation_ = meta_depth_ = false;
+  meta_bitmaps_.assign(config_.bitmaps.size(), false);
 }
 
 void Session::handle_meta_context(bool set) {
@@ -480,13 +488,19 @@ void Session::handle_meta_context(bool set) {
   }
   bool allocation = false;
   bool depth = false;
+  std::vector<bool> bitmaps(config_.bitmaps.size(), false);
   if (!set && queries.empty()) {
     allocation = true;
     depth = config_.allocation_depth;
+    bitmaps.assign(bitmaps.size(), true);
   }
   for (std::string_view query : queries) {
     if (query == kAllocationName || (!set && query == "base:")) allocation = true;
     if (config_.allocation_depth && (query == kDepthName || (!set && query == "qemu:"))) depth = true;
+    for (size_t i = 0; i < bitmaps.size(); ++i) {
+      const bool exact = query.starts_with(kBitmapPrefix) && query.substr(kBitmapPrefix.size()) == config_.bitmaps[i];
+      if (exact || (!set && (query == "qemu:" || query == kBitmapPrefix))) bitmaps[i] = true;
+    }
   }
   auto announce = [&](uint32_t id, std::string_view context) {
     std::vector<std::byte> reply(4 + context.size());
@@ -495,9 +509,13 @@ void Session::handle_meta_context(bool set) {
   };
   if (allocation) announce(kContextAllocation, kAllocationName);
   if (depth) announce(kContextDepth, kDepthName);
+  for (size_t i = 0; i < bitmaps.size(); ++i) {
+    if (bitmaps[i]) announce(kContextFirstBitmap + static_cast<uint32_t>(i), std::string(kBitmapPrefix) + config_.bitmaps[i]);
+  }
   if (set) {
     meta_allocation_ = allocation;
     meta_depth_ = depth;
+    meta_bitmaps_ = std::move(bitmaps);
     meta_export_ = name;
   }
   option_reply(option, kRepAck);
@@ -662,7 +680,8 @@ uint32_t Session::check_request(const Request& request) {
     return request.type == kCmdWrite || request.type == kCmdWriteZeroes ? kErrNoSpc : kErrInval;
   }
   if (request.type == kCmdBlockStatus) {
-    if (!chunked() || (!meta_allocation_ && !meta_depth_) || request.length == 0) return kErrInval;
+    const bool any_bitmap = std::find(meta_bitmaps_.begin(), meta_bitmaps_.end(), true) != meta_bitmaps_.end();
+    if (!chunked() || (!meta_allocation_ && !meta_depth_ && !any_bitmap) || request.length == 0) return kErrInval;
   }
   return 0;
 }
@@ -868,26 +887,20 @@ void Session::do_block_status(Request& request) {
   block::Node& node = *config_.node;
   const bool one = request.flags & kCmdFlagReqOne;
   request.extents.clear();
-  for (uint64_t position = 0; position < request.length && request.extents.size() < kMaxStatusDescriptors;) {
-    ExtentStatus status = chain_status(node, request.offset + position, request.length - position);
-    request.extents.push_back(status);
-    position += status.length;
-    if (one) break;
+  if (meta_allocation_ || meta_depth_) {
+    for (uint64_t position = 0; position < request.length && request.extents.size() < kMaxStatusDescriptors;) {
+      ExtentStatus status = chain_status(node, request.offset + position, request.length - position);
+      request.extents.push_back(status);
+      position += status.length;
+      if (one) break;
+    }
   }
-  // One chunk per selected context; adjacent extents with equal flags merge.
-  struct Context {
-    bool selected;
-    uint32_t id;
-    uint32_t (*flags)(const ExtentStatus&);
-  };
-  const Context contexts[] = {
-      {meta_allocation_, kContextAllocation,
-       [](const ExtentStatus& e) { return (e.data ? 0 : kStateHole) | (e.zero ? kStateZero : 0); }},
-      {meta_depth_, kContextDepth, [](const ExtentStatus& e) { return e.depth; }},
-  };
-  const Context* last_selected = nullptr;
-  for (const Context& context : contexts) {
-    if (context.selected) last_selected = &context;
+  // One chunk per selected context, ids in increasing order; the last has the DONE flag.
+  std::vector<uint32_t> selected;
+  if (meta_allocation_) selected.push_back(kContextAllocation);
+  if (meta_depth_) selected.push_back(kContextDepth);
+  for (size_t i = 0; i < meta_bitmaps_.size(); ++i) {
+    if (meta_bitmaps_[i]) selected.push_back(kContextFirstBitmap + static_cast<uint32_t>(i));
   }
   // Extended headers always use NBD_REPLY_TYPE_BLOCK_STATUS_EXT: 64-bit
   // lengths and a descriptor count. Compact requests cover under 4 GiB, so
@@ -895,8 +908,7 @@ void Session::do_block_status(Request& request) {
   const size_t header_size = extended_ ? kExtendedReplyHeaderSize : kStructuredHeaderSize;
   const size_t prefix_size = header_size + (extended_ ? 8 : 4);
   const size_t descriptor_size = extended_ ? 16 : 8;
-  for (const Context& context : contexts) {
-    if (!context.selected) continue;
+  for (uint32_t id : selected) {
     std::vector<std::byte>& payload = request.status_payload;
     payload.resize(prefix_size);
     uint64_t run_length = 0;
@@ -911,20 +923,36 @@ void Session::do_block_status(Request& request) {
         store32(store32(payload.data() + at, static_cast<uint32_t>(run_length)), run_flags);
       }
     };
-    for (const ExtentStatus& extent : request.extents) {
-      const uint32_t flags = context.flags(extent);
+    // Adjacent extents with equal flags merge.
+    auto add = [&](uint64_t length, uint32_t flags) {
       if (run_length > 0 && flags == run_flags) {
-        run_length += extent.length;
+        run_length += length;
       } else {
         flush_run();
-        run_length = extent.length;
+        run_length = length;
         run_flags = flags;
+      }
+    };
+    if (id == kContextAllocation || id == kContextDepth) {
+      for (const ExtentStatus& e : request.extents) {
+        add(e.length, id == kContextAllocation ? (e.data ? 0 : kStateHole) | (e.zero ? kStateZero : 0) : e.depth);
+      }
+    } else {
+      // Dirty runs never repeat a state, so each is one descriptor.
+      const std::string& bitmap = config_.bitmaps[id - kContextFirstBitmap];
+      size_t descriptors = 0;
+      for (uint64_t position = 0; position < request.length && descriptors < kMaxStatusDescriptors; ++descriptors) {
+        const block::Node::DirtyRun run =
+            config_.bitmap_node->dirty_bitmap_status(bitmap, request.offset + position, request.length - position);
+        add(run.length, run.dirty ? kStateDirty : 0);
+        position += run.length;
+        if (one) break;
       }
     }
     flush_run();
-    chunk_header(payload.data(), request, &context == last_selected ? kReplyFlagDone : 0,
+    chunk_header(payload.data(), request, id == selected.back() ? kReplyFlagDone : 0,
                  extended_ ? kChunkBlockStatusExt : kChunkBlockStatus, payload.size() - header_size);
-    std::byte* p = store32(payload.data() + header_size, context.id);
+    std::byte* p = store32(payload.data() + header_size, id);
     if (extended_) store32(p, static_cast<uint32_t>((payload.size() - prefix_size) / descriptor_size));
     const std::span<const std::byte> parts[] = {payload};
     output_.send(parts);

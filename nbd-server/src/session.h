@@ -32,6 +32,9 @@ struct ExportConfig {
   bool discard_unmap = false;     // --discard=unmap: TRIM and zero writes may punch holes
   DetectZeroes detect_zeroes = DetectZeroes::Off;
   bool allocation_depth = false;  // -A: offer qemu:allocation-depth
+  // -B: persistent dirty bitmaps of `bitmap_node` offered as qemu:dirty-bitmap:NAME.
+  block::Node* bitmap_node = nullptr;
+  std::vector<std::string> bitmaps;
   bool writethrough = false;      // every write is made durable (cache=writethrough)
 };
 
@@ -129,6 +132,7 @@ class Session {
   void handle_export_name();
   void handle_info_go(bool go);
   void handle_meta_context(bool set);
+  void forget_meta_contexts();
   void enter_transmission();
   uint16_t transmission_flags() const;
 
@@ -177,6 +181,7 @@ class Session {
   // Meta contexts selected with SET_META_CONTEXT (ids 1 and 2).
   bool meta_allocation_ = false;
   bool meta_depth_ = false;
+  std::vector<bool> meta_bitmaps_;  // per ExportConfig::bitmaps (ids 3, 4, ...)
   std::string meta_export_;
 
   // Requests: a pool reused across the connection's life.

@@ -42,6 +42,30 @@ ordered_json in_driver_order(const nlohmann::json& value, const std::vector<std:
   return result;
 }
 
+// JSON as qemu prints it: dump(4), except that an empty list spans two lines
+// ("[" and an indented "]"), as QEMU's JSON writer does.
+std::string qemu_json(const ordered_json& value) {
+  std::string text = value.dump(4), out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + start, end - start);
+    const size_t indent = line.find_first_not_of(' ');
+    const size_t at = line.rfind("[]");
+    const bool empty_list = at != std::string_view::npos && (at + 2 == line.size() || (at + 3 == line.size() && line.back() == ',')) &&
+                            (at == indent || line.substr(0, at).ends_with("\": "));
+    if (empty_list) {
+      out.append(line.substr(0, at + 1)).append("\n").append(indent, ' ').append("]").append(line.substr(at + 2));
+    } else {
+      out.append(line);
+    }
+    if (end < text.size()) out += '\n';
+    start = end + 1;
+  }
+  return out;
+}
+
 // One image's facts in qemu-img's JSON key order.
 ordered_json node_info(block::Node& node) {
   ordered_json info;
@@ -87,8 +111,12 @@ void print_nested(const ordered_json& value, int indent) {
   const std::string pad(static_cast<size_t>(indent), ' ');
   if (value.is_array()) {
     for (size_t i = 0; i < value.size(); ++i) {
-      fmt::print("{}[{}]:\n", pad, i);
-      print_nested(value[i], indent + 4);
+      if (value[i].is_object() || value[i].is_array()) {
+        fmt::print("{}[{}]:\n", pad, i);
+        print_nested(value[i], indent + 4);
+      } else {
+        fmt::print("{}[{}]: {}\n", pad, i, human_value(value[i]));  // a list of scalars, e.g. bitmap flags
+      }
     }
     return;
   }
@@ -171,7 +199,7 @@ int run_info(const InfoArgs& args) {
     all.push_back(std::move(info));
   }
   if (output == OutputFormat::Json) {
-    fmt::print("{}\n", args.backing_chain ? all.dump(4) : all[0].dump(4));
+    fmt::print("{}\n", qemu_json(args.backing_chain ? all : all[0]));
   }
   return 0;
 }

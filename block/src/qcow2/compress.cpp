@@ -130,6 +130,7 @@ uint64_t Qcow2Node::alloc_compressed_bytes(uint64_t length) {
 void Qcow2Node::write_compressed(uint64_t offset, std::span<const std::byte> data) {
   std::shared_lock drain(drain_);
   check_writable();
+  mark_bitmaps_dirty(offset, data.size());
   if (encrypted_) throw Error(ENOTSUP, fmt::format("'{}': compression is not supported with encryption", filename()));
   if (has_data_file_) throw Error(ENOTSUP, fmt::format("'{}': compression is not supported with an external data file", filename()));
   if (offset % cluster_size_ != 0) {

@@ -117,6 +117,7 @@ Qcow2Node::~Qcow2Node() {
   if (read_only_) return;
   try {
     std::lock_guard lock(meta_);
+    store_bitmaps();
     flush_metadata();
     if (dirty_on_disk_) {
       file_->flush();
@@ -219,11 +220,14 @@ void Qcow2Node::load(const OpenContext* context) {
     write_incompatible_bits();
     file_->flush();
   }
-  if (!read_only_ && header_.version >= 3 && (header_.autoclear_features & ~kAutoclearDataFileRaw) != 0) {
-    // Unknown or unmaintained autoclear features (e.g. bitmaps) become inconsistent once we write.
-    header_.autoclear_features &= kAutoclearDataFileRaw;
+  load_bitmap_directory();
+  const uint64_t maintained = kAutoclearDataFileRaw | (bitmap_directory_offset_ != 0 ? kAutoclearBitmaps : 0);
+  if (!read_only_ && header_.version >= 3 && (header_.autoclear_features & ~maintained) != 0) {
+    // Unknown or unmaintained autoclear features (e.g. an invalid bitmap directory) become inconsistent once we write.
+    header_.autoclear_features &= maintained;
     write_header();
   }
+  if (!read_only_) hold_bitmaps();
 }
 
 std::vector<uint64_t> Qcow2Node::read_l1(uint64_t offset, uint32_t entries) {
@@ -399,6 +403,17 @@ nlohmann::json Qcow2Node::format_specific_info() const {
   if (luks_) data["encrypt"] = luks_->info();
   if (header_.version >= 3) {
     data["lazy-refcounts"] = (header_.compatible_features & kCompatLazyRefcounts) != 0;
+    std::lock_guard bitmap_lock(bitmap_mutex_);
+    if (!bitmaps_.empty()) {
+      nlohmann::json list = nlohmann::json::array();
+      for (const DirtyBitmap& b : bitmaps_) {
+        nlohmann::json flags = nlohmann::json::array();
+        if (b.flags & 1) flags.push_back("in-use");
+        if (b.flags & 2) flags.push_back("auto");
+        list.push_back({{"flags", flags}, {"name", b.name}, {"granularity", 1ull << std::min<uint8_t>(b.granularity_bits, 63)}});
+      }
+      data["bitmaps"] = list;
+    }
     data["refcount-bits"] = refcount_bits_;
     data["corrupt"] = (header_.incompatible_features & kIncompatCorrupt) != 0;
     data["extended-l2"] = (header_.incompatible_features & kIncompatExtendedL2) != 0;
@@ -1128,6 +1143,7 @@ void Qcow2Node::read_unlocked(uint64_t offset, std::span<std::byte> buffer) {
 void Qcow2Node::write(uint64_t offset, std::span<const std::byte> data, WriteFlags flags) {
   std::shared_lock drain(drain_);
   check_writable();
+  mark_bitmaps_dirty(offset, data.size());
   const uint64_t begin = offset & ~(cluster_size_ - 1);
   {
     RangeGuard range(ranges_, begin, round_up(offset + data.size(), cluster_size_), true);
@@ -1257,6 +1273,7 @@ void Qcow2Node::write_zeroes(uint64_t offset, uint64_t length, ZeroFlags flags) 
   {
     std::shared_lock drain(drain_);
     check_writable();
+    mark_bitmaps_dirty(offset, length);
     version = header_.version;
   }
   if (version >= 3 && !data_raw_) {
@@ -1437,6 +1454,7 @@ bool Qcow2Node::zero_subclusters(uint64_t begin, uint64_t end, bool only_unmappe
 void Qcow2Node::discard(uint64_t offset, uint64_t length) {
   std::shared_lock drain(drain_);
   check_writable();
+  mark_bitmaps_dirty(offset, length);
   const uint64_t begin = round_up(offset, cluster_size_);
   // The image's last partial cluster counts as whole.
   const uint64_t end = offset + length >= size() ? round_up(offset + length, cluster_size_) : (offset + length) & ~(cluster_size_ - 1);
@@ -1604,6 +1622,7 @@ void Qcow2Node::truncate(uint64_t new_size, Preallocation prealloc, bool allow_s
     store_be64(field, new_size);
     file_->write(24, field);
     size_ = new_size;
+    resize_bitmaps(new_size);
   }
   file_->flush();
   drain.unlock();

@@ -101,7 +101,7 @@ class Qcow2Node final : public Node {
   bool dirty() const override;
   nlohmann::json format_specific_info() const override;
   std::vector<std::string> format_specific_info_order() const override {
-    return {"compat", "compression-type", "lazy-refcounts", "refcount-bits", "encrypt",
+    return {"compat", "compression-type", "lazy-refcounts", "bitmaps", "flags", "name", "granularity", "refcount-bits", "encrypt",
             // inside "encrypt" (LUKS) and its "slots"
             "ivgen-alg", "hash-alg", "cipher-alg", "uuid", "format", "cipher-mode", "slots", "active", "iters", "key-offset", "stripes",
             "payload-offset", "master-key-iters",
@@ -133,6 +133,8 @@ class Qcow2Node final : public Node {
   };
   // The persistent dirty bitmaps qemu would load (consistent directory only).
   std::vector<BitmapEntry> persistent_bitmaps() const;
+  std::vector<DirtyBitmapInfo> dirty_bitmaps() override;
+  DirtyRun dirty_bitmap_status(const std::string& name, uint64_t offset, uint64_t length) override;
   uint32_t version() const { return header_.version; }
 
   // Creation helpers (used by the driver on a freshly initialised image).
@@ -272,6 +274,36 @@ class Qcow2Node final : public Node {
   std::vector<Snapshot> snapshots_;
   TableCache l2_cache_;
   TableCache refblock_cache_;
+
+  // Persistent dirty bitmaps (bitmaps.cpp). Opened read-write, every
+  // consistent bitmap is loaded and marked in_use on disk; enabled ones track
+  // the guest writes in memory and all are stored back at close.
+  struct DirtyBitmap {
+    std::string name;
+    uint32_t flags = 0;
+    uint8_t granularity_bits = 0;
+    uint64_t table_offset = 0;
+    uint32_t table_size = 0;
+    size_t directory_position = 0;  // of its entry in bitmap_directory_
+    bool usable = false;             // well-formed, type 1, not in_use when opened
+    bool held = false;               // loaded and marked in_use by this node (read-write)
+    bool modified = false;
+    bool loaded = false;
+    std::vector<uint8_t> bits;       // granule i is bit i % 8 of byte i / 8
+  };
+  void load_bitmap_directory();
+  void load_bitmap_bits(DirtyBitmap& bitmap);
+  void hold_bitmaps();
+  void mark_bitmaps_dirty(uint64_t offset, uint64_t length);
+  void resize_bitmaps(uint64_t new_size);
+  void store_bitmaps();
+  void write_bitmap_directory();
+  uint64_t bitmap_bytes(const DirtyBitmap& bitmap) const;
+  std::vector<DirtyBitmap> bitmaps_;
+  std::vector<std::byte> bitmap_directory_;
+  uint64_t bitmap_directory_offset_ = 0;
+  std::atomic<bool> bitmaps_tracking_{false};
+  mutable std::mutex bitmap_mutex_;  // bits of every bitmap (lock order: after meta_)
 
   uint64_t free_hint_ = 0;
   std::vector<uint32_t>* repair_refs_ = nullptr;  // references counted by a running repair

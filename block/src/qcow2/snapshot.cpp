@@ -188,6 +188,9 @@ void Qcow2Node::apply_snapshot(const std::string& name_or_id) {
   if (index == snapshots_.size()) {
     throw Error(ENOENT, fmt::format("Could not apply snapshot '{}': -2 (No such file or directory)", name_or_id));
   }
+  if (bitmaps_tracking_.load()) {
+    throw Error(EBUSY, fmt::format("Could not apply snapshot '{}': Device has active dirty bitmaps", name_or_id));
+  }
   const Snapshot snapshot = snapshots_[index];
   flush_metadata();
   std::vector<uint64_t> target = read_l1(snapshot.l1_table_offset, snapshot.l1_size);

@@ -6,10 +6,14 @@ holder=""
 stop_holder() { if [ -n "$holder" ]; then kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true; holder=""; fi; }
 trap 'stop_holder; cleanup_test_dir' EXIT
 
-# wait_for_writer FILE: until kiln-img can no longer open it for writing (or ~10 s pass).
+# wait_for_writer FILE: until a process holds locks on FILE (or ~10 s pass).
+# Read from /proc/locks: probing by opening the image would race with the
+# holder's own open and could make it fail instead.
 wait_for_writer() {
+  local inode
+  inode=$(stat -c %i "$1")
   for _ in $(seq 100); do
-    "$KILN_IMG" bench -q -w -c 1 -s 512 -f raw "$1" >/dev/null 2>&1 || return 0
+    grep -qE "OFDLCK.*:${inode} " /proc/locks && return 0
     sleep 0.1
   done
   return 1

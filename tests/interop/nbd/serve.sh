@@ -84,4 +84,37 @@ qemu_chain=$(chain_maps q.sock)
 stop_servers
 expect_equal "backing chain maps match qemu-nbd" "$qemu_chain" "$kiln_chain"
 
+# -B: persistent dirty bitmaps made and updated by qemu, then by kiln; the
+# qemu:dirty-bitmap contexts read the same through kiln-nbd and qemu-nbd.
+qemu-img create -q -f qcow2 bitmaps.qcow2 64M
+qemu-img bitmap --add bitmaps.qcow2 b0
+qemu-img bitmap --add -g 1M bitmaps.qcow2 coarse
+qemu-io -c 'write 1M 64k' -c 'write 10M 4k' -c 'discard 20M 128k' bitmaps.qcow2 >/dev/null
+"$KILN_BIN/kiln-io" -c 'write 30M 4k' -c 'write -z 40M 64k' bitmaps.qcow2 >/dev/null
+check "qemu-img check after kiln kept the bitmaps" qemu-img check -q bitmaps.qcow2
+bitmap_maps() {
+  nbdinfo --map=qemu:dirty-bitmap:b0 "$(uri "$1")"
+  nbdinfo --map=qemu:dirty-bitmap:coarse "$(uri "$1")"
+}
+start_server k.sock "$KILN_NBD" -f qcow2 -r -t -B b0 -B coarse -k "$TEST_DIR/k.sock" bitmaps.qcow2
+kiln_bitmaps=$(bitmap_maps k.sock)
+stop_servers
+start_server q.sock qemu-nbd -f qcow2 -r -t -B b0 -B coarse -k "$TEST_DIR/q.sock" bitmaps.qcow2
+qemu_bitmaps=$(bitmap_maps q.sock)
+stop_servers
+expect_equal "dirty bitmap maps match qemu-nbd" "$qemu_bitmaps" "$kiln_bitmaps"
+check "the kiln-written ranges are dirty" bash -c "grep -qE '^ *31457280 +65536 +1 +dirty' <<<'$kiln_bitmaps'"
+# A writable export tracks the client's writes in the bitmap; qemu sees them after.
+start_server k.sock "$KILN_NBD" -f qcow2 -t -B b0 -k "$TEST_DIR/k.sock" bitmaps.qcow2
+qemu-io -f raw -c 'write 50M 4k' "$(uri k.sock)" >/dev/null
+live=$(nbdinfo --map=qemu:dirty-bitmap:b0 "$(uri k.sock)")
+stop_servers
+check "a write through kiln-nbd is dirty at once" bash -c "grep -qE '^ *52428800 +65536 +1 +dirty' <<<'$live'"
+start_server q.sock qemu-nbd -f qcow2 -r -t -B b0 -k "$TEST_DIR/q.sock" bitmaps.qcow2
+stored=$(nbdinfo --map=qemu:dirty-bitmap:b0 "$(uri q.sock)")
+stop_servers
+expect_equal "qemu-nbd reads the bitmap kiln-nbd stored" "$live" "$stored"
+out=$("$KILN_NBD" -r -B missing -k "$TEST_DIR/x.sock" bitmaps.qcow2 2>&1 || true)
+expect_equal "-B of a missing bitmap" "kiln-nbd: Bitmap 'missing' is not found" "$out"
+
 finish

@@ -37,4 +37,14 @@ qemu-img create -q -f qcow2 -b src.qcow2 -F qcow2 top.qcow2
 check "convert through backing chain" "$KILN_IMG" convert -O qcow2 top.qcow2 flat.qcow2
 check "flattened identical" qemu-img compare -q src.qcow2 flat.qcow2
 
+# Persistent bitmaps in info (text and JSON), incl. the in-use flag a crashed writer leaves.
+qemu-img create -q -f qcow2 bitmaps.qcow2 16M
+qemu-img bitmap --add bitmaps.qcow2 b0
+qemu-img bitmap --add -g 1M --disable bitmaps.qcow2 b1
+expect_equal "info lists bitmaps as qemu-img" "$(qemu-img info bitmaps.qcow2)" "$("$KILN_IMG" info bitmaps.qcow2)"
+expect_equal "info --output=json lists bitmaps as qemu-img" "$(qemu-img info --output=json bitmaps.qcow2)" "$("$KILN_IMG" info --output=json bitmaps.qcow2)"
+"$KILN_BIN/kiln-io" -c 'write 0 4k' bitmaps.qcow2 >/dev/null
+expect_equal "info after a kiln write" "$(qemu-img info bitmaps.qcow2)" "$("$KILN_IMG" info bitmaps.qcow2)"
+check "the bitmaps are not left in use" bash -c "! qemu-img info bitmaps.qcow2 | grep -q in-use"
+
 finish

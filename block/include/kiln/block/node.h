@@ -90,6 +90,24 @@ class Node {
   // (qemu-img commit empties the committed image this way). Default: ENOTSUP.
   virtual void make_empty();
 
+  // Persistent dirty bitmaps (qcow2). `consistent` is false for bitmaps left
+  // in use by a crashed writer or otherwise unusable (qemu: "inconsistent").
+  struct DirtyBitmapInfo {
+    std::string name;
+    uint64_t granularity = 0;
+    bool enabled = false;  // the "auto" flag: tracks writes
+    bool consistent = true;
+  };
+  virtual std::vector<DirtyBitmapInfo> dirty_bitmaps() { return {}; }
+  // The state of bitmap `name` at `offset`: whether that granule is dirty and
+  // how many bytes from `offset` (at most `length`) share the state. Throws
+  // kiln::Error (ENOENT: "Bitmap 'NAME' is not found"; EINVAL when inconsistent).
+  struct DirtyRun {
+    uint64_t length = 0;
+    bool dirty = false;
+  };
+  virtual DirtyRun dirty_bitmap_status(const std::string& name, uint64_t offset, uint64_t length);
+
   // Takes qemu-compatible image locks on protocol nodes (a no-op elsewhere);
   // throws when another process holds a conflicting lock.
   virtual void lock(const LockPermissions&) {}
