@@ -23,6 +23,7 @@ constexpr uint32_t kBitmapAuto = 1u << 1;
 constexpr uint32_t kBitmapExtraDataCompatible = 1u << 2;
 constexpr uint64_t kMaxDirectoryBytes = 64ull << 20;
 constexpr uint64_t kTableEntryReserved = ~kOffsetMask & ~1ull;
+constexpr uint64_t kMaxBitmapBytes = 512ull << 20;  // in memory, per bitmap (qemu's limit too)
 
 uint64_t round_up_to(uint64_t value, uint64_t alignment) { return (value + alignment - 1) / alignment * alignment; }
 
@@ -90,7 +91,7 @@ void Qcow2Node::load_bitmap_directory() {
     const bool shape_ok = type == 1 && b.granularity_bits >= 9 && b.granularity_bits <= 31 && (b.flags >> 3) == 0 &&
                           (extra == 0 || (b.flags & kBitmapExtraDataCompatible)) && b.table_offset % cluster_size_ == 0 &&
                           b.table_offset < file_size && uint64_t(b.table_size) * 8 <= file_size - b.table_offset;
-    b.usable = shape_ok && !(b.flags & kBitmapInUse) &&
+    b.usable = shape_ok && !(b.flags & kBitmapInUse) && bitmap_bytes(b) <= kMaxBitmapBytes &&
                b.table_size == (bitmap_bytes(b) + cluster_size_ - 1) / cluster_size_;
     list.push_back(std::move(b));
     pos += entry_size;

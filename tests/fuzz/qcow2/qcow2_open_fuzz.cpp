@@ -52,6 +52,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       } catch (const kiln::Error&) {
       }
     }
+    for (const auto& bitmap : image->top().dirty_bitmaps()) {
+      try {
+        for (uint64_t at = 0, i = 0; i < 16 && at < size_bytes; ++i) {
+          const auto run = image->top().dirty_bitmap_status(bitmap.name, at, size_bytes - at);
+          if (run.length == 0) std::abort();  // must always make progress
+          at += run.length;
+        }
+      } catch (const kiln::Error&) {
+      }
+    }
     uint64_t offset = 0;
     for (int i = 0; i < 64 && offset < size_bytes; ++i) {
       auto status = image->block_status(offset, size_bytes - offset);
