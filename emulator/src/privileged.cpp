@@ -47,10 +47,18 @@ namespace msr {
 constexpr uint32_t kTsc = 0x10, kPlatformId = 0x17, kApicBase = 0x1b, kUcodeRev = 0x8b, kMtrrCap = 0xfe,
                    kSysenterCs = 0x174, kSysenterEsp = 0x175, kSysenterEip = 0x176, kMiscEnable = 0x1a0,
                    kMtrrPhysBase0 = 0x200, kMtrrFix64k = 0x250, kMtrrFix16k80000 = 0x258, kMtrrFix16kA0000 = 0x259,
-                   kMtrrFix4kC0000 = 0x268, kPat = 0x277, kMtrrDefType = 0x2ff, kEfer = 0xc0000080,
+                   kMtrrFix4kC0000 = 0x268, kArchCapabilities = 0x10a, kPat = 0x277, kMtrrDefType = 0x2ff, kEfer = 0xc0000080,
                    kStar = 0xc0000081, kLstar = 0xc0000082, kCstar = 0xc0000083, kSfmask = 0xc0000084,
                    kFsBase = 0xc0000100, kGsBase = 0xc0000101, kKernelGsBase = 0xc0000102, kTscAux = 0xc0000103;
 }
+
+// IA32_ARCH_CAPABILITIES (read-only): the interpreter does not speculate, so the CPU is not
+// affected by the transient-execution issues these bits rule out (Linux then skips page
+// table isolation and buffer clearing): RDCL_NO, SKIP_L1DFL_VMENTRY, SSB_NO, MDS_NO,
+// PSCHANGE_MC_NO, TAA_NO, SBDR_SSDP_NO, FBSDP_NO, PSDP_NO, BHI_NO, PBRSB_NO, GDS_NO, RFDS_NO.
+constexpr uint64_t kArchCapabilitiesValue = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) |
+                                            (1u << 13) | (1u << 14) | (1u << 15) | (1u << 20) | (1u << 24) |
+                                            (1u << 26) | (1u << 27);
 
 bool canonical(uint64_t address) {
   constexpr unsigned shift = 64 - kLinearAddressBits;
@@ -460,6 +468,7 @@ bool read_msr(Cpu& cpu, uint32_t index, uint64_t& value) {
     case msr::kPlatformId: value = 0; return true;
     case msr::kApicBase: value = s.sys.apic_base; return true;
     case msr::kUcodeRev: value = 0; return true;  // no microcode update loaded
+    case msr::kArchCapabilities: value = kArchCapabilitiesValue; return true;
     case msr::kMtrrCap: value = 8 | (1u << 8) | (1u << 10); return true;  // 8 variable ranges, fixed ranges, WC
     case msr::kSysenterCs: value = s.sys.sysenter_cs; return true;
     case msr::kSysenterEsp: value = s.sys.sysenter_esp; return true;
@@ -501,7 +510,10 @@ bool write_msr(Cpu& cpu, uint32_t index, uint64_t value) {
       return true;
     }
     case msr::kUcodeRev: return true;  // writing (0) precedes reading the revision; nothing to load
-    case msr::kSysenterCs: s.sys.sysenter_cs = value & 0xffffffffu; return value >> 32 == 0;
+    case msr::kSysenterCs:
+      if (value >> 32) return false;
+      s.sys.sysenter_cs = value;
+      return true;
     case msr::kSysenterEsp:
       if (!canonical(value)) return false;
       s.sys.sysenter_esp = value;
@@ -572,7 +584,7 @@ bool write_msr(Cpu& cpu, uint32_t index, uint64_t value) {
     *slot = value;
     return true;
   }
-  return false;  // unknown or read-only (PLATFORM_ID, MTRRcap)
+  return false;  // unknown or read-only (PLATFORM_ID, MTRRcap, ARCH_CAPABILITIES)
 }
 
 void system_cpuid(const CpuState& s, uint32_t leaf, uint32_t subleaf, uint32_t out[4]) {
@@ -612,6 +624,7 @@ void system_cpuid(const CpuState& s, uint32_t leaf, uint32_t subleaf, uint32_t o
         if (subleaf == 0) {
           b = (1u << 3) | (1u << 7) | (1u << 8) | (1u << 19) | (1u << 20);  // BMI1 SMEP BMI2 ADX SMAP
           c = (1u << 2) | (1u << 22);                                     // UMIP RDPID
+          d = 1u << 29;                                                   // IA32_ARCH_CAPABILITIES
         }
         break;
       case 0x80000000: a = 0x80000008; break;

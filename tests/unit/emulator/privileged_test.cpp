@@ -282,6 +282,8 @@ TEST(Privileged, WrmsrChecks) {
   write_msr_and_expect(0x2ff, 0x803, false);                    // MTRRdefType: type 3
   write_msr_and_expect(0x201, 0x7ff, false);                    // MTRRphysMask0: reserved low bits
   write_msr_and_expect(0xfe, 0, false);                         // MTRRcap is read-only
+  write_msr_and_expect(0x10a, 0, false);                        // ARCH_CAPABILITIES too
+  write_msr_and_expect(0x174, uint64_t{1} << 32, false);        // SYSENTER_CS bits 63:32
   write_msr_and_expect(0x12345, 0, false);                      // unknown
   write_msr_and_expect(0xc0000082, 0, false, 3);                // CPL 3
   write_msr_and_expect(0x277, 0x0007040600070406, true);
@@ -308,6 +310,8 @@ TEST(Privileged, MsrsReachTheirState) {
   EXPECT_EQ(v, 0x508u);
   ASSERT_TRUE(read_msr(m.cpu, 0x1a0, v));
   EXPECT_EQ(v & 0x1801, 0x1801u);  // fast strings; BTS and PEBS unavailable
+  ASSERT_TRUE(read_msr(m.cpu, 0x10a, v));
+  EXPECT_EQ(v & 0x21, 0x21u);  // RDCL_NO, MDS_NO
   // MISC_ENABLE.XD_DISABLE hides NX: EFER.NXE is cleared and becomes reserved.
   ASSERT_TRUE(write_msr(m.cpu, 0x1a0, uint64_t{1} << 34));
   EXPECT_FALSE(m.sys().efer & efer::NXE);
@@ -692,6 +696,7 @@ TEST(Privileged, SystemCpuid) {
   system_cpuid(s, 7, 0, r);
   EXPECT_EQ(r[1] & ((1u << 7) | (1u << 20)), (1u << 7) | (1u << 20));  // SMEP SMAP
   EXPECT_TRUE(r[2] & (1u << 22));                                       // RDPID
+  EXPECT_TRUE(r[3] & (1u << 29));                                       // ARCH_CAPABILITIES MSR
   system_cpuid(s, 0x80000001, 0, r);
   EXPECT_EQ(r[3] & ((1u << 11) | (1u << 20) | (1u << 27) | (1u << 29)),
             (1u << 11) | (1u << 20) | (1u << 27) | (1u << 29));  // SYSCALL NX RDTSCP LM
