@@ -1,7 +1,14 @@
 // System-mode privileged instructions (privileged.cpp): control/debug registers, MSRs,
 // descriptor-table registers, fast system calls, IF/IOPL rules, #NM/#UD from CR0/CR4
 // and the system CPUID. Snippets run on a Cpu in CpuMode::system with the state set
-// up directly; they stop at HLT (CPL 0) or INT3, faults stop the run with the vector.
+// up directly; they stop at HLT (CPL 0) or INT3 / a fault.
+//
+// The machine is complete enough for a run loop that delivers exceptions through the
+// IDT and a soft MMU that walks page tables: identity-mapped 2 MiB pages, a GDT with
+// flat ring 0/3 segments and a TSS, and an IDT (or real-mode IVT) whose vector v
+// handler at kHandlers + 16 * v is a HLT. A fault is therefore seen either as
+// StopReason::Exception (no delivery) or as a halt in a handler, whose frame gives the
+// interrupted RIP/CS/RFLAGS/RSP/SS (run_to_exception reads both the same way).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -14,31 +21,49 @@
 namespace kiln::emu {
 namespace {
 
+constexpr uint64_t kRealCode = 0x8000;  // real-mode code stays below 64 KiB
 constexpr uint64_t kCode = 0x10000;
 constexpr uint64_t kData = 0x20000;
+constexpr uint64_t kKernelStackTop = 0x31800;
 constexpr uint64_t kStackTop = 0x32000;
 constexpr uint64_t kGdt = 0x40000;
+constexpr uint64_t kIdt = 0x41000;
+constexpr uint64_t kTss = 0x42000;
+constexpr uint64_t kHandlers = 0x43000;
+constexpr uint64_t kPml4 = 0x44000, kPdpt = 0x45000, kPd = 0x46000;
 
 // Flat 4 GiB cache attributes (descriptor type/S/DPL/P, L, D/B, G).
 constexpr uint16_t kCode64 = 0xa09b, kCode32 = 0xc09b, kData32 = 0xc093;
 constexpr uint16_t kDpl3 = 0x60;
+// GDT: 0x08 code32, 0x10 code64, 0x18 data (ring 0); 0x20 code32, 0x28 data, 0x30 code64 (ring 3);
+// 0x50 the harness TSS. Tests put their own descriptors from index 12 (0x60) on.
+constexpr uint64_t kGdtEntries[] = {0, 0x00cf9a000000ffff, 0x00af9a000000ffff, 0x00cf92000000ffff,
+                                    0x00cffa000000ffff, 0x00cff2000000ffff, 0x00affa000000ffff};
 
 enum class Kind { Long64, Protected32, Real };
 
 struct System {
   FlatMemory memory;
   Cpu cpu{memory};
+  Kind kind;
   uint8_t* data;
   uint8_t* gdt;
 
-  explicit System(const std::vector<uint8_t>& code, Kind kind = Kind::Long64, unsigned cpl = 0) {
+  explicit System(const std::vector<uint8_t>& code, Kind k = Kind::Long64, unsigned cpl = 0) : kind(k) {
+    uint8_t* low = memory.map(0, 0x10000, kPermRead | kPermWrite | kPermExec);  // IVT, real-mode code
     memory.map(kCode, 2 * kPageSize, kPermRead | kPermWrite | kPermExec);
-    memory.write_bytes(kCode, code);
     data = memory.map(kData, 0x12000, kPermRead | kPermWrite);
-    gdt = memory.map(kGdt, kPageSize, kPermRead | kPermWrite);
+    gdt = memory.map(kGdt, 3 * kPageSize, kPermRead | kPermWrite);  // GDT, IDT, TSS
+    uint8_t* handlers = memory.map(kHandlers, kPageSize, kPermRead | kPermExec);
+    uint8_t* tables = memory.map(kPml4, 3 * kPageSize, kPermRead | kPermWrite);
+    const uint64_t entry = kind == Kind::Real ? kRealCode : kCode;
+    memory.write_bytes(entry, code);
+    std::memset(handlers, 0xf4, kPageSize);  // every handler slot starts with HLT
+    set_up_tables(low, tables);
+
     CpuState& s = cpu.state;
     s.mode.system = true;
-    s.rip = kCode;
+    s.rip = entry;
     s.regs[RSP] = kStackTop - 0x100;
     const uint16_t dpl = cpl == 3 ? kDpl3 : 0;
     switch (kind) {
@@ -46,61 +71,158 @@ struct System {
         s.sys.cr0 = cr0::PE | cr0::PG | cr0::ET | cr0::NE | cr0::MP | cr0::WP;
         s.sys.cr4 = cr4::PAE | cr4::PGE | cr4::OSFXSR | cr4::OSXMMEXCPT;
         s.sys.efer = efer::LME | efer::LMA | efer::SCE | efer::NXE;
+        s.sys.cr3 = kPml4;
         s.seg_attrs[CS] = kCode64 | dpl;
+        s.seg_selector[CS] = cpl == 3 ? 0x33 : 0x10;
         s.mode.code = CodeSize::Bits64;
+        s.sys.idtr = TableRegister{.base = kIdt, .limit = 32 * 16 - 1};
         break;
       case Kind::Protected32:
         s.sys.cr0 = cr0::PE | cr0::ET | cr0::NE | cr0::MP;
         s.sys.cr4 = cr4::OSFXSR | cr4::OSXMMEXCPT;
         s.seg_attrs[CS] = kCode32 | dpl;
+        s.seg_selector[CS] = cpl == 3 ? 0x23 : 0x08;
         s.mode.code = CodeSize::Bits32;
+        s.sys.idtr = TableRegister{.base = kIdt, .limit = 32 * 8 - 1};
         break;
       case Kind::Real:
         s.sys.cr0 = cr0::ET;
         s.mode.code = CodeSize::Bits16;
+        s.sys.idtr = TableRegister{.base = 0, .limit = 0x3ff};
         break;
     }
     for (Seg seg : {ES, SS, DS, FS, GS}) {
-      s.seg_attrs[seg] = kData32 | dpl;
-      s.seg_limit[seg] = 0xffffffff;
+      s.seg_attrs[seg] = kind == Kind::Real ? 0x93 : kData32 | dpl;
+      s.seg_limit[seg] = kind == Kind::Real ? 0xffff : 0xffffffff;
+      s.seg_selector[seg] = kind == Kind::Real ? 0 : cpl == 3 ? 0x2b : 0x18;
     }
-    s.seg_limit[CS] = 0xffffffff;
-    s.seg_selector[CS] = static_cast<uint16_t>(cpl == 3 ? 0x33 : 0x10);
+    s.seg_limit[CS] = kind == Kind::Real ? 0xffff : 0xffffffff;
     s.sys.cpl = static_cast<uint8_t>(cpl);
     s.sys.gdtr = TableRegister{.base = kGdt, .limit = 0xff};
+    s.sys.tr = SegmentCache{.base = kTss, .limit = 0x67, .selector = 0x50, .attrs = 0x8b};
     refresh_fpu_mode(s);
+  }
+
+  // Page tables (1 GiB identity, user-accessible 2 MiB pages), GDT, TSS and IDT/IVT.
+  void set_up_tables(uint8_t* low, uint8_t* tables) {
+    auto put64 = [](uint8_t* at, uint64_t v) { std::memcpy(at, &v, 8); };
+    put64(tables, kPdpt | 7);
+    put64(tables + kPageSize, kPd | 7);
+    for (uint64_t i = 0; i < 512; ++i) put64(tables + 2 * kPageSize + 8 * i, (i << 21) | 0x87);
+    for (size_t i = 0; i < std::size(kGdtEntries); ++i) set_gdt_entry(static_cast<unsigned>(i), kGdtEntries[i]);
+    set_gdt_entry(10, 0x67 | ((kTss & 0xffffff) << 16) | (uint64_t{0x8b} << 40));  // busy TSS
+    uint8_t* tss = gdt + (kTss - kGdt);
+    uint8_t* idt = gdt + (kIdt - kGdt);
+    for (unsigned v = 0; v < 32; ++v) {
+      const uint64_t handler = kHandlers + 16 * v;
+      // Gates have DPL 3 so that INT3 from ring 3 reaches its handler.
+      if (kind == Kind::Long64) {
+        put64(idt + 16 * v, (handler & 0xffff) | (uint64_t{0x10} << 16) | (uint64_t{0xee} << 40) |
+                                ((handler >> 16) << 48));
+      } else if (kind == Kind::Protected32) {
+        put64(idt + 8 * v, (handler & 0xffff) | (uint64_t{0x08} << 16) | (uint64_t{0xee} << 40) |
+                               ((handler >> 16) << 48));
+      } else {
+        const uint32_t far = static_cast<uint32_t>(((kHandlers >> 4) << 16) | (16 * v));
+        std::memcpy(low + 4 * v, &far, 4);
+      }
+    }
+    if (kind == Kind::Long64) {
+      put64(tss + 4, kKernelStackTop);  // RSP0
+    } else {
+      const uint32_t esp0 = kKernelStackTop, ss0 = 0x18;
+      std::memcpy(tss + 4, &esp0, 4);
+      std::memcpy(tss + 8, &ss0, 4);
+    }
   }
   void place(uint64_t address, const std::vector<uint8_t>& bytes) { memory.write_bytes(address, bytes); }
   RunResult run() { return cpu.run(10000); }
   uint64_t& reg(Reg r) { return cpu.state.regs[r]; }
   SystemState& sys() { return cpu.state.sys; }
   void set_gdt_entry(unsigned index, uint64_t value) { std::memcpy(gdt + 8 * index, &value, 8); }
+  uint64_t read_stack(uint64_t address, unsigned size) {
+    uint64_t v = 0;
+    if (size == 8) EXPECT_TRUE(cpu.read<8>(address, v));
+    else if (size == 4) EXPECT_TRUE(cpu.read<4>(address, v));
+    else EXPECT_TRUE(cpu.read<2>(address, v));
+    return v;
+  }
 };
+
+bool in_handler(uint64_t rip) { return rip >= kHandlers && rip < kHandlers + 32 * 16; }
+
+// Where and how the snippet stopped on an exception or trap.
+struct Stop {
+  bool stopped = false;
+  Vector vector = Vector::DE;
+  uint32_t error = 0;
+  uint64_t rip = 0, rflags = 0, rsp = 0;
+  uint16_t cs = 0, ss = 0;
+};
+
+Stop run_to_exception(System& m) {
+  Stop stop;
+  RunResult r = m.run();
+  CpuState& s = m.cpu.state;
+  if (r.reason == StopReason::Exception) {  // not delivered: the state is the interrupted one
+    stop = Stop{true, s.exception.vector, s.exception.error_code, s.rip, read_rflags(s), s.regs[RSP],
+                s.seg_selector[CS], s.seg_selector[SS]};
+    return stop;
+  }
+  if (r.reason != StopReason::Halt || !in_handler(s.rip)) return stop;
+  // Delivered through the IDT/IVT: the handler's HLT stopped the run; read the frame.
+  const unsigned v = static_cast<unsigned>((s.rip - kHandlers) / 16);
+  stop.stopped = true;
+  stop.vector = static_cast<Vector>(v);
+  const bool has_error = v == 8 || (v >= 10 && v <= 14) || v == 17;
+  const unsigned size = m.kind == Kind::Long64 ? 8 : m.kind == Kind::Protected32 ? 4 : 2;
+  uint64_t at = s.regs[RSP] & (m.kind == Kind::Long64 ? ~uint64_t{0} : 0xffffffffu);
+  if (has_error && m.kind != Kind::Real) {
+    stop.error = static_cast<uint32_t>(m.read_stack(at, size));
+    at += size;
+  }
+  stop.rip = m.read_stack(at, size);
+  stop.cs = static_cast<uint16_t>(m.read_stack(at + size, size));
+  stop.rflags = m.read_stack(at + 2 * size, size);
+  if (m.kind == Kind::Long64 || (m.kind == Kind::Protected32 && (stop.cs & 3))) {
+    stop.rsp = m.read_stack(at + 3 * size, size);
+    stop.ss = static_cast<uint16_t>(m.read_stack(at + 4 * size, size));
+  } else {
+    stop.rsp = at + 3 * size;
+    stop.ss = s.seg_selector[SS];
+  }
+  return stop;
+}
 
 void expect_halt(System& m) {
   RunResult r = m.run();
   ASSERT_EQ(r.reason, StopReason::Halt) << "exception vector " << static_cast<int>(m.cpu.state.exception.vector);
+  ASSERT_FALSE(in_handler(m.cpu.state.rip)) << "exception vector " << (m.cpu.state.rip - kHandlers) / 16
+                                             << " delivered";
 }
-void expect_fault(System& m, Vector v, uint32_t error = 0) {
-  ASSERT_EQ(m.run().reason, StopReason::Exception);
-  EXPECT_EQ(m.cpu.state.exception.vector, v);
-  EXPECT_EQ(m.cpu.state.exception.error_code, error);
+
+Stop expect_fault(System& m, Vector v, uint32_t error = 0) {
+  Stop stop = run_to_exception(m);
+  EXPECT_TRUE(stop.stopped) << "no exception";
+  EXPECT_EQ(stop.vector, v);
+  EXPECT_EQ(stop.error, error);
+  return stop;
 }
 
 // ---- control registers ----
 
 TEST(Privileged, ControlRegisterRoundTrip) {
-  // mov rax,cr0 ; mov rbx,cr4 ; mov rdx,0x5000 ; mov cr3,rdx ; mov rsi,cr3 ; mov cr2,rdx ; mov rdi,cr2
+  // mov rax,cr0 ; mov rbx,cr4 ; mov edx,kPml4 ; mov cr3,rdx ; mov rsi,cr3 ; mov cr2,rdx ; mov rdi,cr2
   // mov r8,5 ; mov cr8,r8 ; mov r9,cr8 ; hlt
-  System m({0x0f, 0x20, 0xc0, 0x0f, 0x20, 0xe3, 0xba, 0x00, 0x50, 0x00, 0x00, 0x0f, 0x22, 0xda, 0x0f, 0x20, 0xde,
+  System m({0x0f, 0x20, 0xc0, 0x0f, 0x20, 0xe3, 0xba, 0x00, 0x40, 0x04, 0x00, 0x0f, 0x22, 0xda, 0x0f, 0x20, 0xde,
             0x0f, 0x22, 0xd2, 0x0f, 0x20, 0xd7, 0x41, 0xb8, 0x05, 0x00, 0x00, 0x00, 0x45, 0x0f, 0x22, 0xc0, 0x45,
             0x0f, 0x20, 0xc1, 0xf4});
   expect_halt(m);
   EXPECT_EQ(m.reg(RAX), m.sys().cr0);
   EXPECT_EQ(m.reg(RBX), m.sys().cr4);
-  EXPECT_EQ(m.reg(RSI), 0x5000u);
-  EXPECT_EQ(m.sys().cr3, 0x5000u);
-  EXPECT_EQ(m.reg(RDI), 0x5000u);
+  EXPECT_EQ(m.reg(RSI), kPml4);
+  EXPECT_EQ(m.sys().cr3, kPml4);
+  EXPECT_EQ(m.reg(RDI), kPml4);
   EXPECT_EQ(m.reg(R9), 5u);
   EXPECT_EQ(m.sys().cr8, 5u);
 }
@@ -146,8 +268,8 @@ TEST(Privileged, Cr4ReservedBitsAndPaeInLongMode) {
     m.reg(RAX) = bad == cr4::OSFXSR ? cr4::OSFXSR : cr4::PAE | bad;
     expect_fault(m, Vector::GP);
   }
-  System m(mov_cr4);
-  m.reg(RAX) = cr4::PAE | cr4::SMEP | cr4::SMAP | cr4::UMIP | cr4::TSD | cr4::DE;
+  System m(mov_cr4, Kind::Protected32);  // no paging: SMEP does not stop the kernel's user-page code
+  m.reg(RAX) = cr4::SMEP | cr4::SMAP | cr4::UMIP | cr4::TSD | cr4::DE | cr4::PSE | cr4::PGE;
   expect_halt(m);
   EXPECT_EQ(m.sys().cr4, m.reg(RAX));
 }
@@ -171,6 +293,7 @@ const std::vector<uint8_t> kActivateLongMode = {
 TEST(Privileged, LongModeActivation) {
   System m(kActivateLongMode, Kind::Protected32);
   m.sys().cr4 |= cr4::PAE;
+  m.sys().cr3 = kPml4;
   expect_halt(m);
   EXPECT_EQ(m.reg(RAX) & (efer::LME | efer::LMA), efer::LME | efer::LMA);
   EXPECT_TRUE(m.sys().efer & efer::LMA);
@@ -387,54 +510,53 @@ TEST(Privileged, LoadAndStoreTableRegisters32) {
   EXPECT_EQ(m.sys().gdtr.base, 0x11223344u);
 }
 
-// A 64-bit available TSS descriptor (16 bytes) at GDT index 5/6, an LDT at 7/8.
+// A 64-bit available TSS descriptor (16 bytes) at GDT index 12/13 (0x60), an LDT at 14/15 (0x70).
 void add_system_descriptors(System& m, unsigned tss_type = 9, bool present = true) {
   const uint64_t base = 0xffff800012345678, limit = 0x67;
   auto low = [&](unsigned type) {
     return (limit & 0xffff) | ((base & 0xffffff) << 16) | (uint64_t{type} << 40) |
            (uint64_t{present ? 1u : 0u} << 47) | (((base >> 24) & 0xff) << 56);
   };
-  m.set_gdt_entry(5, low(tss_type));
-  m.set_gdt_entry(6, base >> 32);
-  m.set_gdt_entry(7, low(2));
-  m.set_gdt_entry(8, base >> 32);
-  m.set_gdt_entry(1, 0x00af9b000000ffff);  // a code segment
+  m.set_gdt_entry(12, low(tss_type));
+  m.set_gdt_entry(13, base >> 32);
+  m.set_gdt_entry(14, low(2));
+  m.set_gdt_entry(15, base >> 32);
 }
 
 TEST(Privileged, LtrMarksTheTssBusy) {
-  // mov eax,0x28 ; ltr ax ; str rbx ; sldt rcx ; hlt
-  System m({0xb8, 0x28, 0x00, 0x00, 0x00, 0x0f, 0x00, 0xd8, 0x48, 0x0f, 0x00, 0xcb, 0x0f, 0x00, 0xc1, 0xf4});
+  // mov eax,0x60 ; ltr ax ; str rbx ; sldt rcx ; hlt
+  System m({0xb8, 0x60, 0x00, 0x00, 0x00, 0x0f, 0x00, 0xd8, 0x48, 0x0f, 0x00, 0xcb, 0x0f, 0x00, 0xc1, 0xf4});
   add_system_descriptors(m);
   m.sys().ldtr.selector = 0x38;
   m.reg(RCX) = ~uint64_t{0};
   expect_halt(m);
-  EXPECT_EQ(m.sys().tr.selector, 0x28u);
+  EXPECT_EQ(m.sys().tr.selector, 0x60u);
   EXPECT_EQ(m.sys().tr.base, 0xffff800012345678u);
   EXPECT_EQ(m.sys().tr.limit, 0x67u);
   EXPECT_EQ(m.sys().tr.attrs & 0xff, 0x8bu);  // busy 64-bit TSS
-  EXPECT_EQ(m.gdt[5 * 8 + 5], 0x8b);          // busy bit written back to the GDT
-  EXPECT_EQ(m.reg(RBX), 0x28u);
+  EXPECT_EQ(m.gdt[12 * 8 + 5], 0x8b);          // busy bit written back to the GDT
+  EXPECT_EQ(m.reg(RBX), 0x60u);
   EXPECT_EQ(m.reg(RCX), 0x38u);               // SLDT r32 zero-extends
 }
 
 TEST(Privileged, LtrAndLldtChecks) {
-  const std::vector<uint8_t> ltr = {0xb8, 0x28, 0x00, 0x00, 0x00, 0x0f, 0x00, 0xd8, 0x48, 0x0f, 0x00, 0xcb,
+  const std::vector<uint8_t> ltr = {0xb8, 0x60, 0x00, 0x00, 0x00, 0x0f, 0x00, 0xd8, 0x48, 0x0f, 0x00, 0xcb,
                                     0x0f, 0x00, 0xc1, 0xf4};
   System busy(ltr);
   add_system_descriptors(busy, 0xb);
-  expect_fault(busy, Vector::GP, 0x28);
+  expect_fault(busy, Vector::GP, 0x60);
   System absent(ltr);
   add_system_descriptors(absent, 9, false);
-  expect_fault(absent, Vector::NP, 0x28);
+  expect_fault(absent, Vector::NP, 0x60);
   System beyond(ltr);
   add_system_descriptors(beyond);
-  beyond.sys().gdtr.limit = 0x2f;  // the 16-byte descriptor does not fit
-  expect_fault(beyond, Vector::GP, 0x28);
+  beyond.sys().gdtr.limit = 0x67;  // the 16-byte descriptor does not fit
+  expect_fault(beyond, Vector::GP, 0x60);
 
   const std::vector<uint8_t> lldt = {0x0f, 0x00, 0xd0, 0xf4};  // lldt ax
   System good(lldt);
   add_system_descriptors(good);
-  good.reg(RAX) = 0x38;
+  good.reg(RAX) = 0x70;
   expect_halt(good);
   EXPECT_EQ(good.sys().ldtr.base, 0xffff800012345678u);
   System wrong_type(lldt);
@@ -442,8 +564,8 @@ TEST(Privileged, LtrAndLldtChecks) {
   wrong_type.reg(RAX) = 0x08;
   expect_fault(wrong_type, Vector::GP, 0x08);
   System ldt_selector(lldt);
-  ldt_selector.reg(RAX) = 0x3c;  // TI = 1
-  expect_fault(ldt_selector, Vector::GP, 0x3c);
+  ldt_selector.reg(RAX) = 0x74;  // TI = 1
+  expect_fault(ldt_selector, Vector::GP, 0x74);
   System null(lldt);
   null.reg(RAX) = 0;
   expect_halt(null);
@@ -479,18 +601,19 @@ TEST(Privileged, SyscallSysretRoundTrip) {
 }
 
 TEST(Privileged, SysretToCompatibilityMode) {
-  System m({0x0f, 0x07, 0xcc});  // sysretd ; (32-bit) int3
+  // sysretd ; then in 32-bit code: dec eax ; inc eax (64-bit code would see inc rax) ; int3
+  System m({0x0f, 0x07, 0x48, 0xff, 0xc0, 0xcc});
   m.sys().star = (uint64_t{0x23} << 48) | (uint64_t{0x10} << 32);
   m.reg(RCX) = 0xffffffff00000000 | (kCode + 2);  // upper half ignored
   m.reg(R11) = rflags::kFixed | rflags::IF | (uint64_t{1} << 17);
-  expect_fault(m, Vector::BP);
-  const CpuState& s = m.cpu.state;
-  EXPECT_EQ(s.rip, kCode + 3);
-  EXPECT_EQ(s.mode.code, CodeSize::Bits32);
-  EXPECT_EQ(s.seg_selector[CS], 0x23);
-  EXPECT_EQ(s.seg_selector[SS], 0x2b);
-  EXPECT_EQ(s.sys.cpl, 3);
-  EXPECT_EQ(read_rflags(s) & (1u << 17), 0u);  // VM cleared
+  m.reg(RAX) = 0x100000005;
+  const Stop stop = expect_fault(m, Vector::BP);
+  EXPECT_EQ(m.reg(RAX), 5u);  // ran as 32-bit code
+  EXPECT_EQ(stop.rip, kCode + 6);
+  EXPECT_EQ(stop.cs, 0x23);
+  EXPECT_EQ(stop.ss, 0x2b);
+  EXPECT_EQ(stop.rflags & (1u << 17), 0u);  // VM cleared
+  EXPECT_TRUE(stop.rflags & rflags::IF);
 }
 
 TEST(Privileged, SysretAndSyscallFaults) {
@@ -524,33 +647,30 @@ TEST(Privileged, SysenterSysexitRoundTrip32) {
   m.sys().sysenter_esp = kStackTop - 0x10;
   m.sys().sysenter_eip = kCode + 0x80;
   const uint64_t user_esp = m.reg(RSP);
-  expect_fault(m, Vector::BP);
-  const CpuState& s = m.cpu.state;
-  EXPECT_EQ(s.rip, kCode + 10);
+  const Stop stop = expect_fault(m, Vector::BP);
+  EXPECT_EQ(stop.rip, kCode + 10);
   EXPECT_EQ(m.reg(RBX), kStackTop - 0x10);
   EXPECT_EQ(m.reg(RSI) & rflags::IF, 0u);  // SYSENTER cleared IF
-  EXPECT_EQ(m.reg(RSP), user_esp);
-  EXPECT_EQ(s.seg_selector[CS], 0x1b);
-  EXPECT_EQ(s.seg_selector[SS], 0x23);
-  EXPECT_EQ(s.sys.cpl, 3);
-  EXPECT_EQ(s.mode.code, CodeSize::Bits32);
+  EXPECT_EQ(stop.rsp, user_esp);
+  EXPECT_EQ(stop.cs, 0x1b);
+  EXPECT_EQ(stop.ss, 0x23);
 }
 
 TEST(Privileged, SysenterAndSysexit64) {
   System m({0x0f, 0x34}, Kind::Long64, 3);  // sysenter (into a 64-bit kernel)
   m.place(kCode + 0x80, {0x48, 0x0f, 0x35});  // sysexitq
-  m.place(kCode + 0x90, {0xcc});
+  m.place(kCode + 0x90, {0x48, 0xff, 0xc0, 0xcc});  // inc rax ; int3
   m.sys().sysenter_cs = 0x10;
   m.sys().sysenter_esp = 0xffff800000001000;
   m.sys().sysenter_eip = kCode + 0x80;
   m.reg(RDX) = kCode + 0x90;
   m.reg(RCX) = 0x7fff0000;
-  expect_fault(m, Vector::BP);
-  const CpuState& s = m.cpu.state;
-  EXPECT_EQ(s.seg_selector[CS], 0x33);
-  EXPECT_EQ(s.seg_selector[SS], 0x3b);
-  EXPECT_EQ(m.reg(RSP), 0x7fff0000u);
-  EXPECT_EQ(s.mode.code, CodeSize::Bits64);
+  m.reg(RAX) = 0xffffffff;
+  const Stop stop = expect_fault(m, Vector::BP);
+  EXPECT_EQ(m.reg(RAX), 0x100000000u);  // ran as 64-bit code
+  EXPECT_EQ(stop.cs, 0x33);
+  EXPECT_EQ(stop.ss, 0x3b);
+  EXPECT_EQ(stop.rsp, 0x7fff0000u);
   System unset({0x0f, 0x34, 0xf4}, Kind::Protected32);  // SYSENTER_CS null
   expect_fault(unset, Vector::GP);
   System user_exit({0x0f, 0x35}, Kind::Protected32, 3);
@@ -573,12 +693,10 @@ TEST(Privileged, Swapgs) {
 
 TEST(Privileged, CliStiFollowIopl) {
   System user({0xfa, 0xcc}, Kind::Long64, 3);  // cli ; int3
-  expect_fault(user, Vector::GP);
-  EXPECT_TRUE(user.cpu.state.rflags_other & rflags::IF);
+  EXPECT_TRUE(expect_fault(user, Vector::GP).rflags & rflags::IF);
   System iopl3({0xfa, 0xcc}, Kind::Long64, 3);
   iopl3.cpu.state.rflags_other |= 3u << 12;
-  expect_fault(iopl3, Vector::BP);
-  EXPECT_FALSE(iopl3.cpu.state.rflags_other & rflags::IF);
+  EXPECT_FALSE(expect_fault(iopl3, Vector::BP).rflags & rflags::IF);
   System sti({0xfb, 0xf4});
   sti.cpu.state.rflags_other &= ~rflags::IF;
   expect_halt(sti);
@@ -594,16 +712,14 @@ TEST(Privileged, PopfPrivilegeRules) {
   const uint64_t image = rflags::kFixed | (3u << 12) | rflags::CF;  // IF clear, IOPL 3
   System user(popf, Kind::Long64, 3);  // CPL 3 > IOPL 0: IF and IOPL kept
   user.reg(RAX) = image;
-  expect_fault(user, Vector::BP);
-  uint64_t f = read_rflags(user.cpu.state);
+  uint64_t f = expect_fault(user, Vector::BP).rflags;
   EXPECT_TRUE(f & rflags::IF);
   EXPECT_EQ(f & (3u << 12), 0u);
   EXPECT_TRUE(f & rflags::CF);
   System user_iopl(popf, Kind::Long64, 3);  // CPL 3 <= IOPL 3: IF changes, IOPL still kept
   user_iopl.cpu.state.rflags_other |= 3u << 12;
   user_iopl.reg(RAX) = rflags::kFixed | rflags::CF;
-  expect_fault(user_iopl, Vector::BP);
-  f = read_rflags(user_iopl.cpu.state);
+  f = expect_fault(user_iopl, Vector::BP).rflags;
   EXPECT_FALSE(f & rflags::IF);
   EXPECT_EQ(f & (3u << 12), 3u << 12);
   System kernel({0x50, 0x9d, 0xf4});  // CPL 0: both change
