@@ -101,6 +101,26 @@ bool valid_type_bytes(uint64_t value, bool pat) {
 
 // ---- control registers ----
 
+bool pae_paging(uint64_t cr0_value, uint64_t cr4_value, uint64_t efer_value) {
+  return (cr0_value & cr0::PG) && (cr4_value & cr4::PAE) && !(efer_value & efer::LMA);
+}
+
+// PAE paging (outside long mode) loads the four PDPTEs from CR3 on MOV CR3 and when
+// paging, PAE or the CR4 bits that affect translation change; a present PDPTE with a
+// reserved bit set makes the MOV #GP(0) (nothing changes). Cpu::memory() addresses
+// guest-physical memory here. Missing memory reads as all ones, as on a bus without a device.
+bool pae_pdptes_valid(Cpu& cpu, uint64_t cr3) {
+  const uint64_t base = cr3 & 0xffffffe0u;
+  const uint8_t* page = cpu.memory().page_pointer(base, Access::Read);
+  if (!page) return false;
+  for (unsigned i = 0; i < 4; ++i) {
+    uint64_t entry = 0;
+    std::memcpy(&entry, page + (base & ~kPageMask) + 8 * i, 8);
+    if ((entry & 1) && (entry & (0x1e6 | ~kPhysicalMask))) return false;  // bits 1-2, 5-8, above MAXPHYADDR
+  }
+  return true;
+}
+
 bool write_cr0(Cpu& cpu, uint64_t value) {
   CpuState& s = cpu.state;
   if (value >> 32) return gp(s);
@@ -110,15 +130,15 @@ bool write_cr0(Cpu& cpu, uint64_t value) {
   const uint64_t old = s.sys.cr0;
   const bool enabling_paging = (value & cr0::PG) && !(old & cr0::PG);
   const bool disabling_paging = !(value & cr0::PG) && (old & cr0::PG);
-  if (enabling_paging && (s.sys.efer & efer::LME)) {
-    // Long mode activation needs PAE, and cannot start from code that already claims CS.L.
-    if (!(s.sys.cr4 & cr4::PAE) || (s.seg_attrs[CS] & kAttrL)) return gp(s);
-    s.sys.efer |= efer::LMA;
-  }
-  if (disabling_paging && long_mode(s)) {
-    if (in_64bit_code(s)) return gp(s);  // leaving long mode only from compatibility mode
-    s.sys.efer &= ~efer::LMA;
-  }
+  // Long mode activation needs PAE, and cannot start from code that already claims CS.L.
+  if (enabling_paging && (s.sys.efer & efer::LME) && (!(s.sys.cr4 & cr4::PAE) || (s.seg_attrs[CS] & kAttrL)))
+    return gp(s);
+  if (disabling_paging && long_mode(s) && in_64bit_code(s)) return gp(s);  // leave from compatibility mode only
+  const bool lma = enabling_paging ? (s.sys.efer & efer::LME) != 0 : disabling_paging ? false : long_mode(s);
+  if (pae_paging(value, s.sys.cr4, lma ? efer::LMA : 0) && (old ^ value) & (cr0::PG | cr0::CD | cr0::NW) &&
+      !pae_pdptes_valid(cpu, s.sys.cr3))
+    return gp(s);
+  s.sys.efer = lma ? s.sys.efer | efer::LMA : s.sys.efer & ~efer::LMA;
   s.sys.cr0 = value;
   if ((old ^ value) & (cr0::PG | cr0::PE | cr0::WP | cr0::CD)) cpu.invalidate_tlb(true);
   refresh_fpu_mode(s);
@@ -130,6 +150,9 @@ bool write_cr4(Cpu& cpu, uint64_t value) {
   if (value & ~kCr4Bits) return gp(s);
   if (long_mode(s) && !(value & cr4::PAE)) return gp(s);
   const uint64_t old = s.sys.cr4;
+  if (pae_paging(s.sys.cr0, value, s.sys.efer) && ((old ^ value) & (cr4::PAE | cr4::PGE | cr4::PSE | cr4::SMEP)) &&
+      !pae_pdptes_valid(cpu, s.sys.cr3))
+    return gp(s);
   s.sys.cr4 = value;
   if ((old ^ value) & kCr4TlbBits) cpu.invalidate_tlb(true);
   refresh_fpu_mode(s);
@@ -145,6 +168,7 @@ bool write_cr(Cpu& cpu, unsigned n, uint64_t value) {
     case 3:
       // Bits above MAXPHYADDR are reserved in long mode (no PCIDs: bit 63 too); legacy CR3 is 32 bits.
       if (long_mode(s) && (value & ~kPhysicalMask)) return gp(s);
+      if (pae_paging(s.sys.cr0, s.sys.cr4, s.sys.efer) && !pae_pdptes_valid(cpu, value)) return gp(s);
       s.sys.cr3 = long_mode(s) ? value : value & 0xffffffffu;
       cpu.invalidate_tlb(false);
       return true;

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "kiln/emulator/cpu.h"
@@ -283,6 +284,34 @@ TEST(Privileged, Cr3AndCr8ReservedBits) {
   expect_fault(cr8, Vector::GP);
   System cr5({0x0f, 0x22, 0xe8, 0xf4});  // mov cr5, rax
   expect_fault(cr5, Vector::UD);
+}
+
+TEST(Privileged, PaePdptesAreCheckedOnLoad) {
+  // Legacy PAE paging: PDPT 0 maps the harness's 2 MiB-page directory; a second PDPT has a
+  // present entry with a reserved bit (RW is reserved in PDPTEs).
+  auto make = [](const std::vector<uint8_t>& code) {
+    auto m = std::make_unique<System>(code, Kind::Protected32);
+    const uint64_t good = kPd | 1, bad = kPd | 3;
+    std::memcpy(m->data + 0x1000, &good, 8);
+    std::memcpy(m->data + 0x2000, &bad, 8);
+    m->sys().cr4 |= cr4::PAE;
+    m->sys().cr0 |= cr0::PG;
+    m->sys().cr3 = kData + 0x1000;
+    return m;
+  };
+  const std::vector<uint8_t> mov_cr3 = {0x0f, 0x22, 0xd8, 0xf4};
+  auto bad_cr3 = make(mov_cr3);
+  bad_cr3->reg(RAX) = kData + 0x2000;
+  expect_fault(*bad_cr3, Vector::GP);
+  EXPECT_EQ(bad_cr3->sys().cr3, kData + 0x1000);
+  auto good_cr3 = make(mov_cr3);
+  good_cr3->reg(RAX) = kData + 0x1000;
+  expect_halt(*good_cr3);
+  // Turning PGE on reloads the PDPTEs from the current CR3.
+  auto cr4 = make({0x0f, 0x22, 0xe0, 0xf4});
+  std::memcpy(cr4->data + 0x1000 + 8, &cr4->data[0x2000], 8);  // PDPTE 1 now invalid
+  cr4->reg(RAX) = cr4->sys().cr4 | cr4::PGE;
+  expect_fault(*cr4, Vector::GP);
 }
 
 // mov ecx,EFER ; rdmsr ; or eax,LME ; wrmsr ; mov eax,cr0 ; or eax,PG ; mov cr0,eax ; mov ecx,EFER ; rdmsr ; hlt
