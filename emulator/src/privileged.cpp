@@ -47,7 +47,8 @@ namespace msr {
 constexpr uint32_t kTsc = 0x10, kPlatformId = 0x17, kApicBase = 0x1b, kUcodeRev = 0x8b, kMtrrCap = 0xfe,
                    kSysenterCs = 0x174, kSysenterEsp = 0x175, kSysenterEip = 0x176, kMiscEnable = 0x1a0,
                    kMtrrPhysBase0 = 0x200, kMtrrFix64k = 0x250, kMtrrFix16k80000 = 0x258, kMtrrFix16kA0000 = 0x259,
-                   kMtrrFix4kC0000 = 0x268, kArchCapabilities = 0x10a, kPat = 0x277, kMtrrDefType = 0x2ff, kEfer = 0xc0000080,
+                   kMtrrFix4kC0000 = 0x268, kArchCapabilities = 0x10a, kPat = 0x277, kMtrrDefType = 0x2ff,
+                   kEfer = 0xc0000080,
                    kStar = 0xc0000081, kLstar = 0xc0000082, kCstar = 0xc0000083, kSfmask = 0xc0000084,
                    kFsBase = 0xc0000100, kGsBase = 0xc0000101, kKernelGsBase = 0xc0000102, kTscAux = 0xc0000103;
 }
@@ -135,7 +136,7 @@ bool write_cr0(Cpu& cpu, uint64_t value) {
     return gp(s);
   if (disabling_paging && long_mode(s) && in_64bit_code(s)) return gp(s);  // leave from compatibility mode only
   const bool lma = enabling_paging ? (s.sys.efer & efer::LME) != 0 : disabling_paging ? false : long_mode(s);
-  if (pae_paging(value, s.sys.cr4, lma ? efer::LMA : 0) && (old ^ value) & (cr0::PG | cr0::CD | cr0::NW) &&
+  if (pae_paging(value, s.sys.cr4, lma ? efer::LMA : 0) && ((old ^ value) & (cr0::PG | cr0::CD | cr0::NW)) &&
       !pae_pdptes_valid(cpu, s.sys.cr3))
     return gp(s);
   s.sys.efer = lma ? s.sys.efer | efer::LMA : s.sys.efer & ~efer::LMA;

@@ -668,6 +668,22 @@ TEST(Privileged, SyscallFromCompatibilityModeUsesCstar) {
   EXPECT_EQ(m.cpu.state.mode.code, CodeSize::Bits64);
 }
 
+TEST(Privileged, LegacyModeSyscallAndSysret) {
+  // Protected mode without long mode (AMD semantics): SYSCALL to STAR[31:0] clearing IF,
+  // SYSRET back to ring 3 setting IF.
+  System m({0x0f, 0x05, 0xcc}, Kind::Protected32, 3);  // syscall ; int3
+  m.place(kCode + 0x40, {0x89, 0xcb, 0x9c, 0x5e, 0x0f, 0x07});  // mov ebx,ecx ; pushfd ; pop esi ; sysret
+  m.sys().efer = efer::SCE;
+  m.sys().star = (uint64_t{0x20} << 48) | (uint64_t{0x08} << 32) | (kCode + 0x40);
+  const Stop stop = expect_fault(m, Vector::BP);
+  EXPECT_EQ(m.reg(RBX), kCode + 2);         // ECX: return address
+  EXPECT_EQ(m.reg(RSI) & rflags::IF, 0u);   // IF cleared in the kernel
+  EXPECT_EQ(stop.cs, 0x23);
+  EXPECT_EQ(stop.ss, 0x2b);
+  EXPECT_EQ(stop.rip, kCode + 3);
+  EXPECT_TRUE(stop.rflags & rflags::IF);    // SYSRET sets IF
+}
+
 TEST(Privileged, SysenterSysexitRoundTrip32) {
   // user: mov ecx,esp ; mov edx,back ; sysenter ; back: int3
   System m({0x89, 0xe1, 0xba, 0x09, 0x00, 0x01, 0x00, 0x0f, 0x34, 0xcc}, Kind::Protected32, 3);
