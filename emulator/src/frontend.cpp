@@ -389,7 +389,7 @@ void Translator::translate(uint64_t start) {
     for (auto& o : override_) o = {};
     const size_t insn_begin = block_.insts.size();
     unsupported_operand_ = false;
-    Vector unavailable;
+    Vector unavailable = Vector::NM;
     if (mode_.system && fpu_unavailable(unavailable)) {  // CR0.EM/TS/MP, CR4.OSFXSR (part of the TB key)
       raise(unavailable);
       ++block_.guest_insns;
