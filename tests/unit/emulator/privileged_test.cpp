@@ -732,6 +732,18 @@ TEST(Privileged, Swapgs) {
   EXPECT_EQ(m.sys().kernel_gs_base, 0x1000u);
   System user({0x0f, 0x01, 0xf8, 0xcc}, Kind::Long64, 3);
   expect_fault(user, Vector::GP);
+  // GS-relative loads on both sides of SWAPGS in one block see the two bases.
+  // mov rbx,[gs:0] ; swapgs ; mov rax,[gs:0] ; hlt
+  System same_block({0x65, 0x48, 0x8b, 0x1c, 0x25, 0, 0, 0, 0, 0x0f, 0x01, 0xf8, 0x65, 0x48, 0x8b, 0x04, 0x25, 0,
+                     0, 0, 0, 0xf4});
+  same_block.cpu.state.seg_base[GS] = kData;
+  same_block.sys().kernel_gs_base = kData + 8;
+  const uint64_t user_value = 0x1111, kernel_value = 0x2222;
+  std::memcpy(same_block.data, &user_value, 8);
+  std::memcpy(same_block.data + 8, &kernel_value, 8);
+  expect_halt(same_block);
+  EXPECT_EQ(same_block.reg(RBX), user_value);
+  EXPECT_EQ(same_block.reg(RAX), kernel_value);
 }
 
 // ---- IF / IOPL ----
