@@ -1800,6 +1800,7 @@ bool Translator::system_insn(ZydisMnemonic m) {
     case ZYDIS_MNEMONIC_SWAPGS: system(SystemOp::Swapgs); return true;
     case ZYDIS_MNEMONIC_CLI: system(SystemOp::Cli); return true;
     case ZYDIS_MNEMONIC_STI: system(SystemOp::Sti); end_exit(next_pc_); return true;  // interrupts at the boundary
+    case ZYDIS_MNEMONIC_RDPMC: raise(Vector::GP); return true;  // no performance counters: every index is invalid
     case ZYDIS_MNEMONIC_STAC: system(SystemOp::Stac); return true;
     case ZYDIS_MNEMONIC_CLAC: system(SystemOp::Clac); return true;
     default: return false;

@@ -793,6 +793,7 @@ TEST(Privileged, PrivilegedInstructionsAtCplThree) {
            {0x0f, 0x01, 0x38, 0xcc},  // invlpg [rax]
            {0x0f, 0x09, 0xcc},        // wbinvd
            {0x0f, 0x06, 0xcc},        // clts
+           {0x0f, 0x33, 0xcc},        // rdpmc (no counters at any CPL)
        }) {
     System m(code, Kind::Long64, 3);
     m.reg(RAX) = kData;
