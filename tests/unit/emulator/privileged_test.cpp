@@ -210,6 +210,29 @@ Stop expect_fault(System& m, Vector v, uint32_t error = 0) {
   return stop;
 }
 
+TEST(Privileged, HarnessReadsDeliveredExceptionFrames) {
+  // What the harness sees once exceptions are delivered through the IDT: a frame on the
+  // stack and the handler's HLT. Built by hand here: push a #GP frame, jump to the handler.
+  // push 0x2b ; push 0x1234 ; push 0x202 ; push 0x33 ; push 0x5678 ; push 0x10 ; mov eax,handler ; jmp rax
+  System m64({0x6a, 0x2b, 0x68, 0x34, 0x12, 0x00, 0x00, 0x68, 0x02, 0x02, 0x00, 0x00, 0x6a, 0x33, 0x68, 0x78, 0x56,
+              0x00, 0x00, 0x6a, 0x10, 0xb8, 0xd0, 0x30, 0x04, 0x00, 0xff, 0xe0});
+  Stop stop = expect_fault(m64, Vector::GP, 0x10);
+  EXPECT_EQ(stop.rip, 0x5678u);
+  EXPECT_EQ(stop.cs, 0x33);
+  EXPECT_EQ(stop.rflags, 0x202u);
+  EXPECT_EQ(stop.rsp, 0x1234u);
+  EXPECT_EQ(stop.ss, 0x2b);
+  // 32-bit, no privilege change: push 0x202 ; push 0x08 ; push 0x5678 ; push 0x10 ; mov eax,handler ; jmp eax
+  System m32({0x68, 0x02, 0x02, 0x00, 0x00, 0x6a, 0x08, 0x68, 0x78, 0x56, 0x00, 0x00, 0x6a, 0x10, 0xb8, 0xd0, 0x30,
+              0x04, 0x00, 0xff, 0xe0},
+             Kind::Protected32);
+  const uint64_t esp = m32.reg(RSP);
+  stop = expect_fault(m32, Vector::GP, 0x10);
+  EXPECT_EQ(stop.rip, 0x5678u);
+  EXPECT_EQ(stop.cs, 0x08);
+  EXPECT_EQ(stop.rsp, esp);
+}
+
 // ---- control registers ----
 
 TEST(Privileged, ControlRegisterRoundTrip) {
