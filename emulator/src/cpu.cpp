@@ -5,6 +5,7 @@
 #include "kiln/common/error.h"
 #include "kiln/emulator/ir_passes.h"
 #include "kiln/emulator/lazy_flags.h"
+#include "kiln/emulator/privileged.h"
 
 namespace kiln::emu {
 
@@ -133,6 +134,7 @@ RunResult Cpu::run(uint64_t max_insns) {
   RunResult result;
   state.exception = PendingException{};
   state.stop_request = 0;
+  if (state.mode.system) refresh_fpu_mode(state);  // CR0/CR4 may have been set directly (reset, loaders)
   if (tlb_generation_ != memory_.generation()) {
     // Mappings changed: cached host pointers and translations may be stale.
     flush_tlb();

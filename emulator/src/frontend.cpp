@@ -10,6 +10,7 @@
 #include "kiln/emulator/helpers.h"
 #include "kiln/emulator/ir_builder.h"
 #include "kiln/emulator/ir_passes.h"
+#include "kiln/emulator/privileged.h"
 #include "kiln/emulator/fp_eval.h"
 #include "kiln/emulator/vec_eval.h"
 
@@ -281,6 +282,19 @@ class Translator {
   bool sse(ZydisMnemonic m);
   bool sse_fp(ZydisMnemonic m);
   void x87();
+  // System mode (SYS-B, privileged.cpp): privileged instructions as HelperId::System calls.
+  bool system_insn(ZydisMnemonic m);
+  void move_system_register();
+  bool fpu_unavailable(Vector& vector) const;
+  bool is_system_register(unsigned i) const {
+    if (!is_reg(i)) return false;
+    const ZydisRegisterClass cls = ZydisRegisterGetClass(ops_[i].reg.value);
+    return cls == ZYDIS_REGCLASS_CONTROL || cls == ZYDIS_REGCLASS_DEBUG;
+  }
+  Value system(SystemOp op, Value b = {}, Value c = {}, Value d = {}) {
+    return b_.emit(Op::CallHelper, Type::I64, {c64(static_cast<uint64_t>(op)), b, c, d},
+                   static_cast<uint64_t>(HelperId::System));
+  }
   bool uses_mmx() const {
     for (unsigned i = 0; i < insn_.operand_count; ++i)
       if (is_reg(i) && ZydisRegisterGetClass(ops_[i].reg.value) == ZYDIS_REGCLASS_MMX) return true;
@@ -375,6 +389,12 @@ void Translator::translate(uint64_t start) {
     for (auto& o : override_) o = {};
     const size_t insn_begin = block_.insts.size();
     unsupported_operand_ = false;
+    Vector unavailable = Vector::NM;
+    if (mode_.system && fpu_unavailable(unavailable)) {  // CR0.EM/TS/MP, CR4.OSFXSR (part of the TB key)
+      raise(unavailable);
+      ++block_.guest_insns;
+      break;
+    }
     if (uses_mmx() || insn_.mnemonic == ZYDIS_MNEMONIC_EMMS) {
       // MMX instructions first check for a pending unmasked x87 exception (#MF).
       Value unmasked = b_.and_(b_.get_field(ir::StateField::FpuStatus),
@@ -863,6 +883,11 @@ void Translator::push_pop(ZydisMnemonic m) {
     }
     case ZYDIS_MNEMONIC_POPF: case ZYDIS_MNEMONIC_POPFD: case ZYDIS_MNEMONIC_POPFQ: {
       auto [v, new_rsp] = pop_value(t);
+      if (mode_.system) {  // IF/IOPL privilege rules; the TB ends so a newly enabled interrupt is seen
+        system(SystemOp::Popf, b_.zext(v, Type::I64), c64(ir::type_bits(t)));
+        write_rsp(new_rsp);
+        return end_exit(next_pc_);
+      }
       Value f = b_.zext(v, Type::I64);
       // User mode (CPL 3, IOPL 0): TF DF AC ID and the arithmetic flags change; IF/IOPL keep their values.
       uint64_t changeable = rflags::TF | rflags::DF | (t == Type::I16 ? 0 : rflags::AC | rflags::ID);
@@ -1674,6 +1699,114 @@ void Translator::x87() {
   helper(HelperId::X87, {c64(insn), linear(ea, op.mem.segment), ea});
 }
 
+// ---- System mode (SYS-B): privileged instructions, see privileged.h ----
+
+// x87 and FXSAVE/FXRSTOR: #NM with CR0.EM or TS; WAIT: #NM with MP and TS; MMX: #UD with EM,
+// else #NM with TS; SSE: #UD with EM or without CR4.OSFXSR, else #NM with TS.
+bool Translator::fpu_unavailable(Vector& vector) const {
+  const uint8_t f = mode_.fpu;
+  const ZydisMnemonic m = insn_.mnemonic;
+  const bool x87 = insn_.opcode_map == ZYDIS_OPCODE_MAP_DEFAULT && insn_.opcode >= 0xd8 && insn_.opcode <= 0xdf;
+  if (x87 || m == ZYDIS_MNEMONIC_FXSAVE || m == ZYDIS_MNEMONIC_FXSAVE64 || m == ZYDIS_MNEMONIC_FXRSTOR ||
+      m == ZYDIS_MNEMONIC_FXRSTOR64) {
+    vector = Vector::NM;
+    return f & (fpu_mode::EM | fpu_mode::TS);
+  }
+  if (m == ZYDIS_MNEMONIC_FWAIT) {
+    vector = Vector::NM;
+    return (f & fpu_mode::MP) && (f & fpu_mode::TS);
+  }
+  bool sse = m == ZYDIS_MNEMONIC_LDMXCSR || m == ZYDIS_MNEMONIC_STMXCSR;
+  bool mmx = m == ZYDIS_MNEMONIC_EMMS;
+  for (unsigned i = 0; i < insn_.operand_count; ++i) {
+    sse = sse || is_xmm(i);
+    mmx = mmx || is_mmx(i);
+  }
+  if (!sse && !mmx) return false;
+  if ((f & fpu_mode::EM) || (sse && !(f & fpu_mode::OSFXSR))) {
+    vector = Vector::UD;
+    return true;
+  }
+  vector = Vector::NM;
+  return f & fpu_mode::TS;
+}
+
+// MOV to/from CR0/2/3/4/8 and DR0-7 (the GPR operand is 32 or 64 bits by mode).
+void Translator::move_system_register() {
+  if (!mode_.system) return raise(Vector::UD);
+  const bool to_system = is_system_register(0);
+  const ZydisRegister r = ops_[to_system ? 0 : 1].reg.value;
+  const bool control = ZydisRegisterGetClass(r) == ZYDIS_REGCLASS_CONTROL;
+  const unsigned n = static_cast<unsigned>(r - (control ? ZYDIS_REGISTER_CR0 : ZYDIS_REGISTER_DR0));
+  if (control ? (n != 0 && n != 2 && n != 3 && n != 4 && n != 8) : n > 7) return raise(Vector::UD);
+  const GprRef g = gpr(ops_[to_system ? 1 : 0].reg.value);
+  if (to_system) {
+    system(control ? SystemOp::MovToCr : SystemOp::MovToDr, c64(n), b_.zext(read_gpr(g), Type::I64));
+    return end_exit(next_pc_);  // paging, long mode or the TB key's FPU bits may have changed
+  }
+  write_gpr(g, b_.zext(system(control ? SystemOp::MovFromCr : SystemOp::MovFromDr, c64(n)), g.type));
+}
+
+// Returns false for what is not a system-mode privileged instruction (the caller raises #UD);
+// in user mode all of them are #UD.
+bool Translator::system_insn(ZydisMnemonic m) {
+  if (!mode_.system) return false;
+  auto store_selector_like = [&](SystemOp op) {  // SMSW/SLDT/STR: m16, or a register zero-extended
+    Loc d = loc(0);
+    put(d, b_.zext(system(op), d.type));
+  };
+  auto change_flow = [&](Value target) { end_indirect(target); };
+  switch (m) {
+    case ZYDIS_MNEMONIC_CLTS: system(SystemOp::Clts); end_exit(next_pc_); return true;
+    case ZYDIS_MNEMONIC_LMSW:
+      system(SystemOp::Lmsw, b_.zext(operand(0, Type::I16), Type::I64));
+      end_exit(next_pc_);
+      return true;
+    case ZYDIS_MNEMONIC_SMSW: store_selector_like(SystemOp::Smsw); return true;
+    case ZYDIS_MNEMONIC_LGDT: case ZYDIS_MNEMONIC_LIDT:
+      if (ops_[0].type != ZYDIS_OPERAND_TYPE_MEMORY) return false;
+      system(SystemOp::LoadTable, mem_address(ops_[0]), c64(m == ZYDIS_MNEMONIC_LIDT), c64(insn_.operand_width));
+      return true;
+    case ZYDIS_MNEMONIC_SGDT: case ZYDIS_MNEMONIC_SIDT:
+      if (ops_[0].type != ZYDIS_OPERAND_TYPE_MEMORY) return false;
+      system(SystemOp::StoreTable, mem_address(ops_[0]), c64(m == ZYDIS_MNEMONIC_SIDT));
+      return true;
+    case ZYDIS_MNEMONIC_LLDT: case ZYDIS_MNEMONIC_LTR:
+      system(m == ZYDIS_MNEMONIC_LLDT ? SystemOp::Lldt : SystemOp::Ltr, b_.zext(operand(0, Type::I16), Type::I64));
+      return true;
+    case ZYDIS_MNEMONIC_SLDT: store_selector_like(SystemOp::Sldt); return true;
+    case ZYDIS_MNEMONIC_STR: store_selector_like(SystemOp::Str); return true;
+    case ZYDIS_MNEMONIC_RDMSR: system(SystemOp::Rdmsr); return true;
+    case ZYDIS_MNEMONIC_WRMSR: system(SystemOp::Wrmsr); end_exit(next_pc_); return true;  // EFER, bases
+    case ZYDIS_MNEMONIC_RDTSCP: system(SystemOp::Rdtscp); return true;
+    case ZYDIS_MNEMONIC_RDPID: {
+      const GprRef g = gpr(ops_[0].reg.value);
+      write_gpr(g, b_.zext(system(SystemOp::Rdpid), g.type));
+      return true;
+    }
+    case ZYDIS_MNEMONIC_INVLPG:
+      system(SystemOp::Invlpg, mem_address(ops_[0]));
+      end_exit(next_pc_);
+      return true;
+    case ZYDIS_MNEMONIC_WBINVD: case ZYDIS_MNEMONIC_INVD: system(SystemOp::RequireCpl0); return true;
+    case ZYDIS_MNEMONIC_SYSCALL: change_flow(system(SystemOp::Syscall, c64(next_pc_))); return true;
+    case ZYDIS_MNEMONIC_SYSRET:
+      change_flow(system(SystemOp::Sysret, c64(insn_.operand_width == 64)));
+      return true;
+    case ZYDIS_MNEMONIC_SYSENTER: change_flow(system(SystemOp::Sysenter)); return true;
+    case ZYDIS_MNEMONIC_SYSEXIT:
+      change_flow(system(SystemOp::Sysexit, c64(insn_.operand_width == 64)));
+      return true;
+    case ZYDIS_MNEMONIC_SWAPGS: system(SystemOp::Swapgs); return true;
+    case ZYDIS_MNEMONIC_CLI: system(SystemOp::Cli); return true;
+    case ZYDIS_MNEMONIC_STI: system(SystemOp::Sti); end_exit(next_pc_); return true;  // interrupts at the boundary
+    case ZYDIS_MNEMONIC_RDPMC: raise(Vector::GP); return true;  // no performance counters: every index is invalid
+    case ZYDIS_MNEMONIC_STAC: system(SystemOp::Stac); return true;
+    case ZYDIS_MNEMONIC_CLAC: system(SystemOp::Clac); return true;
+    default: return false;
+  }
+}
+
 void Translator::translate_insn() {
   const ZydisMnemonic m = insn_.mnemonic;
   switch (m) {
@@ -1697,6 +1830,7 @@ void Translator::translate_insn() {
     case ZYDIS_MNEMONIC_IMUL:
       return insn_.operand_count_visible == 1 ? mul_div(m) : imul_multi();
     case ZYDIS_MNEMONIC_MOV: {
+      if (is_system_register(0) || is_system_register(1)) return move_system_register();
       if (is_reg(1) && ZydisRegisterGetClass(ops_[1].reg.value) == ZYDIS_REGCLASS_SEGMENT) {
         // MOV r/m, Sreg: 16-bit selector; a register destination of 32/64 bits is zero-extended.
         return raise(Vector::UD);  // selectors are not modelled until system mode
@@ -1854,14 +1988,17 @@ void Translator::translate_insn() {
       return raise(static_cast<Vector>(ops_[0].imm.value.u & 0xff), 0, insn_.length);
     case ZYDIS_MNEMONIC_UD0: case ZYDIS_MNEMONIC_UD1: case ZYDIS_MNEMONIC_UD2: return raise(Vector::UD);
     case ZYDIS_MNEMONIC_HLT:
+      if (mode_.system) system(SystemOp::RequireCpl0);
       helper(HelperId::Halt, {});
       return end_exit(next_pc_);
     case ZYDIS_MNEMONIC_SYSCALL:
+      if (system_insn(m)) return;
       helper(HelperId::Syscall, {});
       return end_exit(next_pc_);
     default:
       if (insn_.opcode_map == ZYDIS_OPCODE_MAP_DEFAULT && insn_.opcode >= 0xd8 && insn_.opcode <= 0xdf) return x87();
       if (sse(m)) return;
+      if (system_insn(m)) return;
       // A valid encoding the translator does not implement yet: #UD in the guest.
       return raise(Vector::UD);
   }

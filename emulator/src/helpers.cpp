@@ -6,6 +6,7 @@
 #include "kiln/emulator/fp_eval.h"
 #include "kiln/emulator/ir_eval.h"
 #include "kiln/emulator/lazy_flags.h"
+#include "kiln/emulator/privileged.h"
 
 namespace kiln::emu {
 
@@ -205,6 +206,15 @@ uint64_t h_aad(CpuState& cpu, uint64_t base, uint64_t, uint64_t, uint64_t) {
 // The CPUID model advertises only what the translator implements.
 uint64_t h_cpuid(CpuState& cpu, uint64_t, uint64_t, uint64_t, uint64_t) {
   uint32_t leaf = static_cast<uint32_t>(cpu.regs[RAX]), sub = static_cast<uint32_t>(cpu.regs[RCX]);
+  if (cpu.mode.system) {  // the whole-machine CPU model (privileged.cpp)
+    uint32_t r[4];
+    system_cpuid(cpu, leaf, sub, r);
+    cpu.regs[RAX] = r[0];
+    cpu.regs[RBX] = r[1];
+    cpu.regs[RCX] = r[2];
+    cpu.regs[RDX] = r[3];
+    return 0;
+  }
   uint32_t a = 0, b = 0, c = 0, d = 0;
   auto vendor = [&](const char* s) {
     std::memcpy(&b, s, 4);
@@ -219,7 +229,8 @@ uint64_t h_cpuid(CpuState& cpu, uint64_t, uint64_t, uint64_t, uint64_t) {
       d = (1u << 0) | (1u << 4) | (1u << 8) | (1u << 15) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26);
       c = (1u << 13) | (1u << 23);         // CMPXCHG16B, POPCNT
       // SSE3 and SSSE3 are complete but their FP ops run on the host's SSE4.1-era units.
-      if (ir::host_has_sse41()) c |= (1u << 0) | (1u << 9);
+      if (ir::host_has_sse41()) c |= (1u << 0) | (1u << 9) | (1u << 19);  // + SSE4.1
+      if (ir::host_has_sse42()) c |= 1u << 20;                              // SSE4.2 (PCMPxSTRx on the host)
       break;
     case 7:
       if (sub == 0) b = (1u << 3);  // BMI1 (TZCNT)
@@ -241,6 +252,11 @@ uint64_t h_cpuid(CpuState& cpu, uint64_t, uint64_t, uint64_t, uint64_t) {
 uint64_t h_rdtsc(CpuState& cpu, uint64_t, uint64_t, uint64_t, uint64_t) {
   // The TSC counts retired instructions (advanced per block); reads themselves tick it
   // so that two reads in one block still differ.
+  if (cpu.mode.system && (cpu.sys.cr0 & cr0::PE) && (cpu.sys.cr4 & cr4::TSD) &&
+      (cpu.sys.cpl != 0 || (cpu.rflags_other & (1u << 17)))) {
+    raise(cpu, Vector::GP);  // CR4.TSD: RDTSC only at CPL 0
+    return 0;
+  }
   ++cpu.tsc;
   cpu.regs[RAX] = cpu.tsc & 0xffffffffu;
   cpu.regs[RDX] = cpu.tsc >> 32;
@@ -303,6 +319,7 @@ constexpr HelperInfo kHelpers[] = {
     {"x87", ir::Type::Void, helper_x87},           {"fwait", ir::Type::Void, helper_fwait},           {"fxsave", ir::Type::Void, helper_fxsave},
     {"fxrstor", ir::Type::Void, helper_fxrstor},   {"maskmove", ir::Type::Void, helper_maskmove},
     {"pcmpstr", ir::Type::Void, helper_string_compare},
+    {"system", ir::Type::I64, helper_system},
 };
 static_assert(std::size(kHelpers) == static_cast<size_t>(HelperId::Count));
 

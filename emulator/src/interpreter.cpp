@@ -169,7 +169,9 @@ ExecResult interpret(Cpu& cpu, const ExecBlock& block, std::vector<uint64_t>& fr
       case Op::VecFp:
         if (!ir::eval_fp(static_cast<ir::FpOp>(e.imm & 0xffff), static_cast<uint32_t>(e.imm >> 16), s + e.a, s + e.b,
                          s + e.dst, st.mxcsr)) {
-          st.exception = PendingException{.raised = true, .vector = Vector::XM};
+          // With CR4.OSXMMEXCPT clear an unmasked SIMD FP exception is #UD (system mode).
+          const bool xm = !st.mode.system || (st.sys.cr4 & cr4::OSXMMEXCPT);
+          st.exception = PendingException{.raised = true, .vector = xm ? Vector::XM : Vector::UD};
           return fault();
         }
         break;

@@ -24,8 +24,18 @@ struct CpuMode {
   // differential tests), where system instructions raise #UD and SYSCALL and
   // exceptions return to the caller.
   bool system = false;
-  uint32_t key() const { return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u); }
+  // System mode: CR0.EM/TS/MP and CR4.OSFXSR (fpu_mode bits), which decide at
+  // translation time whether x87/MMX/SSE instructions raise #NM/#UD. Kept in
+  // sync with CR0/CR4 by refresh_fpu_mode (privileged.h); always 0 in user mode.
+  uint8_t fpu = 0;
+  uint32_t key() const {
+    return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) | (uint32_t{fpu} << 16);
+  }
 };
+
+namespace fpu_mode {
+constexpr uint8_t EM = 1, TS = 2, MP = 4, OSFXSR = 8;
+}
 
 namespace rflags {
 constexpr uint64_t CF = 1u << 0, PF = 1u << 2, AF = 1u << 4, ZF = 1u << 6, SF = 1u << 7, TF = 1u << 8,
