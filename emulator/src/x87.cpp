@@ -213,6 +213,51 @@ void from_image(X87State& f, const uint8_t* img, bool pointers) {
   }
 }
 
+// Real-address mode (and virtual-8086 mode) use their own FSTENV/FSAVE
+// environment layout: 20/32-bit linear instruction and operand pointers split
+// across two fields, FOP beside the pointer's high bits, no selectors (SDM
+// vol. 1, "x87 FPU environment in memory"). The host always runs the
+// protected-mode layout, so the helper converts. Reserved bits store 0.
+bool real_mode_layout(const CpuState& st) {
+  return st.mode.system && (!(st.sys.cr0 & cr0::PE) || (st.rflags_other & (1u << 17)));
+}
+
+// An environment (FLDENV/FNSTENV) or state (FRSTOR/FNSAVE) operand.
+bool has_environment(unsigned esc, unsigned reg) { return (esc == 1 || esc == 5) && (reg == 4 || reg == 6); }
+
+void environment_to_real(uint8_t* env, const X87State& f, bool operand16) {
+  const uint32_t ip = (uint32_t{f.fcs} << 4) + static_cast<uint32_t>(f.fip);
+  const uint32_t dp = (uint32_t{f.fds} << 4) + static_cast<uint32_t>(f.fdp);
+  const uint32_t fop = f.fop & 0x7ffu;
+  if (operand16) {
+    put16(env + 6, static_cast<uint16_t>(ip));
+    put16(env + 8, static_cast<uint16_t>(fop | ((ip >> 16) & 0xf) << 12));
+    put16(env + 10, static_cast<uint16_t>(dp));
+    put16(env + 12, static_cast<uint16_t>(((dp >> 16) & 0xf) << 12));
+  } else {
+    put32(env + 12, ip & 0xffff);
+    put32(env + 16, fop | (ip >> 16) << 12);
+    put32(env + 20, dp & 0xffff);
+    put32(env + 24, (dp >> 16) << 12);
+  }
+}
+
+struct RealPointers {
+  uint32_t ip = 0, dp = 0;
+  uint16_t fop = 0;
+};
+
+RealPointers environment_from_real(const uint8_t* env, bool operand16) {
+  if (operand16) {
+    const uint16_t mixed = get16(env + 8);
+    return {uint32_t{get16(env + 6)} | uint32_t(mixed >> 12) << 16, uint32_t{get16(env + 10)} | uint32_t(get16(env + 12) >> 12) << 16,
+            static_cast<uint16_t>(mixed & 0x7ff)};
+  }
+  const uint32_t mixed = get32(env + 16);
+  return {(get32(env + 12) & 0xffff) | ((mixed >> 12) & 0xffff) << 16, (get32(env + 20) & 0xffff) | ((get32(env + 24) >> 12) & 0xffff) << 16,
+          static_cast<uint16_t>(mixed & 0x7ff)};
+}
+
 bool exception_pending(const X87State& f) { return (f.fsw & ~f.fcw & 0x3f) != 0; }
 
 void raise(CpuState& st, Vector v) { st.exception = PendingException{.raised = true, .vector = v}; }
@@ -316,12 +361,16 @@ uint64_t helper_x87(Cpu& cpu, uint64_t insn, uint64_t address, uint64_t offset, 
     // from the current contents (after checking writability, so faults report a write).
     if (mem.write && (!probe_write(cpu, address, mem.size) || !read_guest(cpu, address, operand, mem.size))) return 0;
   }
+  const bool real_environment = !is_register && real_mode_layout(st) && has_environment(esc, reg);
+  RealPointers loaded_pointers;
+  if (real_environment && mem.read) loaded_pointers = environment_from_real(operand, insn & kX87Operand16);
   alignas(16) uint8_t image[108];
   to_image(f, image);
   const uint64_t guest_flags = compute_flags(st) & (rflags::SF | rflags::ZF | rflags::AF | rflags::PF | rflags::CF);
   const Stub run = is_register ? kRegisterStubs[esc * 64 + (modrm & 63)]
                                : (insn & kX87Operand16 ? kMemoryStubs16 : kMemoryStubs)[esc * 8 + reg];
   const uint64_t out = run(image, operand, guest_flags | 2);
+  if (real_environment && mem.write) environment_to_real(operand, f, insn & kX87Operand16);
   if (mem.write && !write_guest(cpu, address, operand, mem.size)) return 0;
 
   const uint64_t fip = f.fip, fdp = f.fdp;
@@ -339,6 +388,10 @@ uint64_t helper_x87(Cpu& cpu, uint64_t insn, uint64_t address, uint64_t offset, 
       const unsigned seg = (insn >> kX87SegmentShift) & 7;
       f.fds = seg < 6 ? st.seg_selector[seg] : 0;
     }
+  }
+  if (real_environment && mem.read) {
+    // Linear pointers: kept as offsets with null selectors, so storing them again gives the same values.
+    f.fip = loaded_pointers.ip, f.fdp = loaded_pointers.dp, f.fop = loaded_pointers.fop, f.fcs = 0, f.fds = 0;
   }
   if (fop == 0x7e0) st.regs[RAX] = (st.regs[RAX] & ~uint64_t{0xffff}) | (out & 0xffff);  // FNSTSW AX
   if ((esc == 3 || esc == 7) && modrm >= 0xe8 && modrm < 0xf8) {  // FCOMI FUCOMI (+P): ZF PF CF, OF SF AF cleared

@@ -286,6 +286,44 @@ TEST(EmulatorX87, FxsaveFxrstorRoundTripAndFaults) {
   EXPECT_EQ(r.fpu().fcw, 0x37f);
 }
 
+// Real-address mode stores and loads the environment in its own layout:
+// linear 20/32-bit pointers (segment * 16 + offset) split across two fields,
+// FOP beside the instruction pointer's high bits.
+TEST(EmulatorX87, RealModeEnvironmentLayout) {
+  FlatMemory memory;
+  Cpu cpu{memory};
+  // fnstenv [0x2000] ; o32 fnstenv [0x2040] ; fldenv [0x2000] ; fnstenv [0x2080] ; o32 fldenv [0x2040] ; hlt
+  const std::vector<uint8_t> code = {0xd9, 0x36, 0x00, 0x20, 0x66, 0xd9, 0x36, 0x40, 0x20, 0xd9, 0x26, 0x00, 0x20,
+                                     0xd9, 0x36, 0x80, 0x20, 0x66, 0xd9, 0x26, 0x40, 0x20, 0xf4};
+  memory.map(0x1000, kPageSize, kPermRead | kPermExec);
+  memory.write_bytes(0x1000, code);
+  uint8_t* data = memory.map(0x2000, kPageSize, kPermRead | kPermWrite);
+  CpuState& st = cpu.state;
+  st.mode = CpuMode{.code = CodeSize::Bits16, .flat = true, .system = true};
+  st.sys.cr0 = cr0::ET;  // PE clear: real-address mode
+  st.rip = 0x1000;
+  st.fpu.fip = 0x1234, st.fpu.fcs = 0xabcd, st.fpu.fop = 0x5a5, st.fpu.fdp = 0x4321, st.fpu.fds = 0x8765;
+  EXPECT_EQ(cpu.run(100).reason, StopReason::Halt);
+  auto word = [&](unsigned offset) { return uint32_t(data[offset]) | uint32_t(data[offset + 1]) << 8; };
+  auto dword = [&](unsigned offset) { return word(offset) | word(offset + 2) << 16; };
+  // Linear IP 0xabcd0 + 0x1234 = 0xacf04, DP 0x87650 + 0x4321 = 0x8b971.
+  EXPECT_EQ(word(0), 0x37fu);
+  EXPECT_EQ(word(6), 0xcf04u);
+  EXPECT_EQ(word(8), 0xa5a5u);   // IP bits 19..16 in 15..12, FOP in 10..0
+  EXPECT_EQ(word(10), 0xb971u);
+  EXPECT_EQ(word(12), 0x8000u);  // DP bits 19..16 in 15..12
+  EXPECT_EQ(dword(0x40 + 12), 0xcf04u);
+  EXPECT_EQ(dword(0x40 + 16), 0xa5a5u);  // IP bits 31..16 in 27..12
+  EXPECT_EQ(dword(0x40 + 20), 0xb971u);
+  EXPECT_EQ(dword(0x40 + 24), 0x8000u);
+  // FLDENV took the linear pointers; storing them again gives the same image.
+  EXPECT_EQ(std::memcmp(data, data + 0x80, 14), 0);
+  EXPECT_EQ(st.fpu.fip, 0xacf04u);
+  EXPECT_EQ(st.fpu.fdp, 0x8b971u);
+  EXPECT_EQ(st.fpu.fop, 0x5a5u);
+  EXPECT_EQ(st.fpu.fcs, 0u);
+}
+
 TEST(EmulatorX87, MaskmovdquTouchesOnlySelectedBytes) {
   // maskmovdqu xmm0, xmm1: bytes 0, 1 and 3 selected.
   Machine m({0x66, 0x0f, 0xf7, 0xc1});
