@@ -157,6 +157,9 @@ class CodeFetcher final : public Memory {
       page->hi = std::max<uint64_t>(page->hi, offset + n);
       got += n;
     }
+    last_fetch_ = address;
+    last_got_ = got;
+    last_short_ = got < want;
     return got;
   }
 
@@ -167,11 +170,24 @@ class CodeFetcher final : public Memory {
     return f;
   }
 
-  bool cacheable() const { return cacheable_; }
-  std::vector<TranslatedBlock::Span> spans() const {
+  // False for code read through PhysicalMemory and for blocks ending in a fetch fault (the
+  // fault must be re-evaluated: a page that becomes present needs no INVLPG).
+  bool cacheable(uint64_t pc, uint64_t guest_bytes) const {
+    return cacheable_ && !(last_short_ && last_fetch_ >= pc + guest_bytes);
+  }
+  // The physical bytes of the block at `pc` that translated `guest_bytes` bytes: the
+  // fetcher reads ahead up to 15 bytes per instruction, which must not count as code
+  // (stores just behind a block would restart it); an undecodable last instruction
+  // (not in guest_bytes) counts with the bytes fetched for it.
+  std::vector<TranslatedBlock::Span> spans(uint64_t pc, uint64_t guest_bytes) const {
+    uint64_t end = pc + guest_bytes;
+    if (last_fetch_ >= end) end = last_fetch_ + last_got_;
+    const uint64_t begin = linear(pc), length = end - pc;
     std::vector<TranslatedBlock::Span> out;
-    for (const Page& p : pages_)
-      if (p.hi > p.lo) out.push_back({p.linear_page, p.phys + p.lo, static_cast<uint32_t>(p.hi - p.lo)});
+    for (const Page& p : pages_) {
+      const uint64_t lo = std::max(p.linear_page + p.lo, begin), hi = std::min(p.linear_page + p.hi, begin + length);
+      if (hi > lo) out.push_back({p.linear_page, p.phys + (lo - p.linear_page), static_cast<uint32_t>(hi - lo)});
+    }
     return out;
   }
 
@@ -211,6 +227,8 @@ class CodeFetcher final : public Memory {
   std::vector<Page> pages_;
   PendingException fault_;
   bool cacheable_ = true;
+  uint64_t last_fetch_ = 0, last_got_ = 0;  // the last instruction fetch (RIP, bytes)
+  bool last_short_ = false;                  // ... stopped at an unfetchable byte
 };
 
 // ---- Cpu: memory ------------------------------------------------------------------
@@ -362,8 +380,13 @@ bool Cpu::write_slow(uint64_t address, unsigned size, uint64_t value, Privilege 
   // the running block itself, whose later instructions may be the ones modified, the store is
   // abandoned like a fault (nothing of the instruction is done yet) and the run loop re-executes
   // that instruction as a block of its own, which then stores and ends.
-  const bool code_first = cache_.overlaps_code(first.phys + offset, in_first);
-  const bool code_second = in_first < size && cache_.overlaps_code(second.phys, size - in_first);
+  uint8_t bytes[8];
+  std::memcpy(bytes, &value, 8);
+  // (Rewriting code bytes with their own values changes nothing: no invalidation.)
+  const bool code_first = cache_.overlaps_code(first.phys + offset, in_first) &&
+                          !(first.host && std::memcmp(first.host + offset, bytes, in_first) == 0);
+  const bool code_second = in_first < size && cache_.overlaps_code(second.phys, size - in_first) &&
+                           !(second.host && std::memcmp(second.host, bytes + in_first, size - in_first) == 0);
   if ((code_first || code_second) && current_tb_ && current_tb_->cached && current_tb_->guest_insns > 1 &&
       ((code_first && span_overlaps(*current_tb_, first.phys + offset, in_first)) ||
        (code_second && span_overlaps(*current_tb_, second.phys, size - in_first)))) {
@@ -372,8 +395,6 @@ bool Cpu::write_slow(uint64_t address, unsigned size, uint64_t value, Privilege 
     state.exception = PendingException{.raised = true, .vector = Vector::GP};  // replaced by the restart
     return false;
   }
-  uint8_t bytes[8];
-  std::memcpy(bytes, &value, 8);
   PhysicalMemory* physical = memory_.physical_memory();
   if (first.host) std::memcpy(first.host + offset, bytes, in_first);
   else physical_write(physical, first.phys + offset, bytes, in_first);
@@ -440,6 +461,7 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
   if (single_insn) options.max_insns = 1;
   ir::Block raw;
   ir::Block block = translate_block(fetcher, pc, state.mode, options, (log_mask_ & kLogOp) ? &raw : nullptr);
+  std::vector<TranslatedBlock::Span> spans = fetcher.spans(pc, block.guest_bytes);  // before logging fetches more
   ++stats_.translations;
   if (log_ && (log_mask_ & kLogInAsm))
     fmt::print(log_, "IN:\n{}\n", disassemble(fetcher, pc, state.mode, block.guest_insns));
@@ -452,11 +474,11 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
   tb->mode = mode;
   tb->guest_insns = block.guest_insns;
   tb->guest_bytes = block.guest_bytes;
-  tb->spans = fetcher.spans();
+  tb->spans = std::move(spans);
   tb->exec = compile_for_interpreter(block);
   tb->host_bytes = sizeof(TranslatedBlock) + tb->spans.size() * sizeof(TranslatedBlock::Span) +
                    tb->exec.code.size() * sizeof(ExecInst) + tb->exec.frame_template.size() * sizeof(uint64_t);
-  if (single_insn || !fetcher.cacheable() || tb->spans.empty()) {
+  if (single_insn || !fetcher.cacheable(pc, block.guest_bytes) || tb->spans.empty()) {
     one_off_ = std::move(tb);
     return one_off_.get();
   }

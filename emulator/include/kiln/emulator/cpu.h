@@ -184,6 +184,10 @@ class Cpu {
   // block and in the slow path), so U/S checks are never bypassed.
   void invalidate_tlb(bool include_global);
   void invalidate_tlb_page(uint64_t linear);
+  // Call after changing state.sys.cpl (or mode.system) when memory accesses
+  // follow before the current block ends (e.g. inside an exception-delivery
+  // helper); the run loop checks this by itself before every block.
+  void privilege_changed() { check_tlb_privilege(); }
 
   // Guest memory accessors used by the backends. On failure they fill
   // state.exception (#PF or #GP) and return false.
