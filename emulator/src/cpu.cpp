@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <utility>
 
 #include "kiln/common/error.h"
@@ -270,7 +271,7 @@ void Cpu::invalidate_tlb_page(uint64_t linear) {
     // Any entry of the (possibly large) mapping holding `linear`.
     for (auto& way : tlb_)
       for (auto& e : way)
-        if (e.tag != TlbEntry{}.tag && (((e.tag & kPageMask) ^ linear) & e.size_mask) == 0) e = TlbEntry{};
+        if (e.tag != TlbEntry{}.tag && (((e.tag & kPageMask) ^ linear) >> e.page_shift) == 0) e = TlbEntry{};
     return;
   }
   for (auto& way : tlb_) {
@@ -318,7 +319,7 @@ bool Cpu::access_page(uint64_t address, Access access, Privilege privilege, Page
     *entry = TlbEntry{.tag = (address & kPageMask) | (slow ? kTagSlow : 0),
                       .host = t.host,
                       .phys = out.phys,
-                      .size_mask = ~(t.page_size - 1),
+                      .page_shift = static_cast<uint8_t>(std::countr_zero(t.page_size)),
                       .global = t.global};
     if (t.page_size > kPageSize) tlb_has_large_ = true;
   }
@@ -383,10 +384,12 @@ bool Cpu::write_slow(uint64_t address, unsigned size, uint64_t value, Privilege 
   uint8_t bytes[8];
   std::memcpy(bytes, &value, 8);
   // (Rewriting code bytes with their own values changes nothing: no invalidation.)
-  const bool code_first = cache_.overlaps_code(first.phys + offset, in_first) &&
-                          !(first.host && std::memcmp(first.host + offset, bytes, in_first) == 0);
-  const bool code_second = in_first < size && cache_.overlaps_code(second.phys, size - in_first) &&
-                           !(second.host && std::memcmp(second.host, bytes + in_first, size - in_first) == 0);
+  // Only RAM (host memory) holds cached code: ROM does not change and code read
+  // from MMIO is never cached.
+  const bool code_first = first.host && cache_.overlaps_code(first.phys + offset, in_first) &&
+                          std::memcmp(first.host + offset, bytes, in_first) != 0;
+  const bool code_second = in_first < size && second.host && cache_.overlaps_code(second.phys, size - in_first) &&
+                           std::memcmp(second.host, bytes + in_first, size - in_first) != 0;
   if ((code_first || code_second) && current_tb_ && current_tb_->cached && current_tb_->guest_insns > 1 &&
       ((code_first && span_overlaps(*current_tb_, first.phys + offset, in_first)) ||
        (code_second && span_overlaps(*current_tb_, second.phys, size - in_first)))) {

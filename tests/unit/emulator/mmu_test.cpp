@@ -299,6 +299,20 @@ TEST(SoftMmuCpu, UserAccessToSupervisorPageFaultsAfterPrivilegeChanges) {
   uint64_t v = 0;
   EXPECT_TRUE(s.cpu.read_implicit(0x1000000, 4, v));
   EXPECT_EQ(v, 0x1234u);
+  EXPECT_FALSE(s.cpu.write_implicit(0x1000ffe, 4, 0xa1b2c3d4));  // crosses into the (absent) next page
+  EXPECT_EQ(s.cpu.state.exception.vector, Vector::PF);
+  EXPECT_EQ(s.cpu.state.exception.fault_address, 0x1001000u);
+  EXPECT_EQ(s.cpu.state.exception.error_code, pf::W);  // implicit accesses are supervisor accesses
+  EXPECT_EQ(s.r32(0x800ffc), 0u);                      // nothing written
+  EXPECT_TRUE(s.cpu.write_implicit(0x1000ffc, 4, 0xa1b2c3d4));
+  EXPECT_EQ(s.r32(0x800ffc), 0xa1b2c3d4u);
+  uint64_t physical = 0;
+  EXPECT_FALSE(s.cpu.translate_linear(0x1000123, Access::Read, physical));  // CPL 3
+  EXPECT_EQ(s.cpu.state.exception.error_code, pf::P | pf::U);
+  s.cpu.state.sys.cpl = 0;
+  EXPECT_TRUE(s.cpu.translate_linear(0x1000123, Access::Read, physical));
+  EXPECT_EQ(physical, 0x800123u);
+  s.cpu.state.sys.cpl = 3;
   s.cpu.state.sys.cpl = 0;
   EXPECT_TRUE(s.cpu.read<4>(0x1000000, v));
   s.cpu.state.sys.cpl = 3;

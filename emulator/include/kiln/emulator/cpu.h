@@ -236,11 +236,11 @@ class Cpu {
   // page, with kTagSlow set when accesses must take the slow path although the
   // translation is known (MMIO, ROM writes, writes to pages holding translated
   // code): the fast paths never match such a tag.
-  struct TlbEntry {
+  struct alignas(32) TlbEntry {
     uint64_t tag = ~uint64_t{0};
     uint8_t* host = nullptr;
     uint64_t phys = 0;       // physical page
-    uint64_t size_mask = 0;  // ~(mapping size - 1): INVLPG drops every entry of a large page
+    uint8_t page_shift = 0;  // log2 of the mapping size: INVLPG drops every entry of a large page
     bool global = false;
   };
   static constexpr size_t kTlbSize = 256;
