@@ -225,6 +225,11 @@ class Cpu {
   bool write_implicit(uint64_t linear, unsigned size, uint64_t value) {
     return write_slow(linear, size, value, Privilege::Implicit);
   }
+  // True between a store abandoned because it hit the running block's own code
+  // (it returned false with a placeholder exception) and the run loop's restart
+  // of that instruction: code that stores on behalf of an instruction (helpers,
+  // exception delivery) must just return its failure, not deliver a fault.
+  bool smc_restart_pending() const { return smc_restart_; }
   // Linear -> physical with the current privilege (a full walk, with its
   // accessed/dirty updates, bypassing the TLB). False with state.exception filled.
   bool translate_linear(uint64_t linear, Access access, uint64_t& physical);
