@@ -513,7 +513,34 @@ TEST(SoftMmuCpu, CodeFetchAddsCsBase) {
   EXPECT_EQ(s.cpu.tb_cache().size(), 2u);
 }
 
+TEST(SoftMmuCpu, BlockAcrossLinearPagesWithUnalignedCsBase) {
+  System s;
+  s.cpu.state.mode.code = CodeSize::Bits16;
+  s.cpu.state.mode.flat = false;
+  s.cpu.state.seg_base[CS] = 0x20ff8;  // real-mode style base, not page aligned
+  // nop x6; mov eax, imm32 (66 b8, crossing into the next page); int3 -- one block
+  s.load(0x20ff8, {0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x66, 0xb8, 0x44, 0x33, 0x22, 0x11, 0xcc});
+  expect_breakpoint(s.run_at(0), s.cpu);
+  EXPECT_EQ(s.reg(RAX), 0x11223344u);
+  EXPECT_EQ(s.cpu.stats().translations, 1u);
+  // Rewriting a byte on the second page invalidates the block.
+  s.load(0x21001, {0x99});
+  expect_breakpoint(s.run_at(0), s.cpu);
+  EXPECT_EQ(s.reg(RAX), 0x11229944u);
+  EXPECT_EQ(s.cpu.stats().translations, 2u);
+}
+
 // ---- Self-modifying code, TB cache -------------------------------------------------------
+
+TEST(SoftMmuCpu, UserModeSelfModifyingCode) {
+  FlatMemory memory;
+  memory.map(kCode, kPageSize, kPermRead | kPermWrite | kPermExec);
+  memory.write_bytes(kCode, std::vector<uint8_t>{0xc6, 0x05, 0x01, 0x00, 0x00, 0x00, 0x42, 0xb8, 0x11, 0x11, 0x11, 0x11, 0xcc});
+  Cpu cpu(memory);
+  cpu.state.rip = kCode;
+  expect_breakpoint(cpu.run(1000), cpu);
+  EXPECT_EQ(cpu.state.regs[RAX], 0x11111142u);
+}
 
 TEST(SoftMmuCpu, StoreIntoTheRunningBlockTakesEffect) {
   System s;
