@@ -13,6 +13,8 @@ constexpr uint64_t P = 1, RW = 2, US = 4, A = 0x20, D = 0x40, PS = 0x80, G = 0x1
 constexpr uint64_t kFrameBits = ((uint64_t{1} << kPhysAddrBits) - 1) & ~uint64_t{0xfff};
 // Reserved address bits of 64-bit entries (bits 51..MAXPHYADDR).
 constexpr uint64_t kHighReserved = ((uint64_t{1} << 52) - 1) & ~((uint64_t{1} << kPhysAddrBits) - 1);
+// Bits 62:52: ignored (available to software) in 4-level entries, reserved in PAE entries.
+constexpr uint64_t kPaeHighReserved = 0x7ff0000000000000;
 
 bool canonical(uint64_t address) {
   return static_cast<uint64_t>(static_cast<int64_t>(address << 16) >> 16) == address;
@@ -105,18 +107,18 @@ bool SoftMmu::walk(uint64_t linear, Access access, Privilege privilege, const Cp
       const uint64_t pdpte_address = (sys.cr3 & 0xffffffe0) + ((linear >> 30) & 3) * 8;
       const uint64_t pdpte = physical_.read(pdpte_address, 8);
       if (!(pdpte & pte::P)) return fault(0);
-      if (pdpte & (kHighReserved | pte::XD | 0x1e6)) return fault(pf::P | pf::RSVD);  // 63, 51:M, 8:5, 2:1
+      if (pdpte & (kHighReserved | kPaeHighReserved | pte::XD | 0x1e6)) return fault(pf::P | pf::RSVD);  // 63:M, 8:5, 2:1
       table = pdpte & kFrameBits;
       level = 2;
     }
-    const uint64_t xd_reserved = nxe ? 0 : pte::XD;
+    const uint64_t always_reserved = kHighReserved | (nxe ? 0 : pte::XD) | (long_mode ? 0 : kPaeHighReserved);
     for (;; --level) {
       const unsigned shift = 12 + 9 * (level - 1);
       const uint64_t address = table + ((linear >> shift) & 511) * 8;
       const uint64_t entry = physical_.read(address, 8);
       if (!(entry & pte::P)) return fault(0);
       const bool large = (level == 2 || level == 3) && (entry & pte::PS);
-      uint64_t reserved = kHighReserved | xd_reserved;
+      uint64_t reserved = always_reserved;
       if (level == 4) reserved |= pte::PS;
       if (large) reserved |= level == 3 ? 0x3fffe000 : 0x1fe000;  // frame bits below the page size (above PAT)
       if (entry & reserved) return fault(pf::P | pf::RSVD);

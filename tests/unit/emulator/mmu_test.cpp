@@ -171,6 +171,9 @@ TEST(SoftMmu, PaePagingWith2MiBPagesAndNx) {
   EXPECT_EQ(s.error(0x204000, Access::Execute), int(pf::P | pf::ID));
   EXPECT_EQ(s.error(0x204000, Access::Execute, Privilege::User), int(pf::P | pf::ID | pf::U));
   EXPECT_EQ(s.error(0x203000, Access::Execute), -1);
+  // Bits 62:52 are reserved in PAE entries (ignored in 4-level ones, see below).
+  s.w64(0x3000 + 5 * 8, 0x902000 | pte::P | (uint64_t{1} << 55));
+  EXPECT_EQ(s.error(0x205000, Access::Read), int(pf::P | pf::RSVD));
   // Not-present PDPTE; reserved PDPTE bits.
   EXPECT_EQ(s.error(0x40000000, Access::Execute), int(pf::ID));
   s.w64(0x1008, 0x4000 | pte::P | pte::RW);
@@ -208,6 +211,9 @@ TEST(SoftMmu, FourLevelPagingAllPageSizes) {
   EXPECT_EQ(s.error(0x1011000, Access::Write, Privilege::User), int(pf::P | pf::RSVD | pf::W | pf::U));
   s.w64(0x2000 + 2 * 8, 0x80000000 | (1u << 20) | pte::PS | pte::P);
   EXPECT_EQ(s.error(0x80000000, Access::Read), int(pf::P | pf::RSVD));
+  s.map16(0x12, 0x702000 | pte::P | pte::RW | (uint64_t{1} << 55));  // software-available bit
+  ASSERT_TRUE(s.translate(0x1012008, Access::Read, Privilege::Supervisor, t));
+  EXPECT_EQ(t.physical, 0x702008u);
 }
 
 TEST(SoftMmu, ErrorCodesAndAccessRights) {
