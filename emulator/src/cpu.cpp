@@ -464,7 +464,9 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
   if (single_insn) options.max_insns = 1;
   ir::Block raw;
   ir::Block block = translate_block(fetcher, pc, state.mode, options, (log_mask_ & kLogOp) ? &raw : nullptr);
-  std::vector<TranslatedBlock::Span> spans = fetcher.spans(pc, block.guest_bytes);  // before logging fetches more
+  // Before logging, whose disassembly fetches again:
+  std::vector<TranslatedBlock::Span> spans = fetcher.spans(pc, block.guest_bytes);
+  const bool cacheable = !single_insn && fetcher.cacheable(pc, block.guest_bytes) && !spans.empty();
   ++stats_.translations;
   if (log_ && (log_mask_ & kLogInAsm))
     fmt::print(log_, "IN:\n{}\n", disassemble(fetcher, pc, state.mode, block.guest_insns));
@@ -481,7 +483,7 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
   tb->exec = compile_for_interpreter(block);
   tb->host_bytes = sizeof(TranslatedBlock) + tb->spans.size() * sizeof(TranslatedBlock::Span) +
                    tb->exec.code.size() * sizeof(ExecInst) + tb->exec.frame_template.size() * sizeof(uint64_t);
-  if (single_insn || !fetcher.cacheable(pc, block.guest_bytes) || tb->spans.empty()) {
+  if (!cacheable) {
     one_off_ = std::move(tb);
     return one_off_.get();
   }
