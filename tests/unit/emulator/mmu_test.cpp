@@ -574,6 +574,19 @@ TEST(SoftMmuCpu, StoreIntoAnotherBlockInvalidatesIt) {
   EXPECT_EQ(s.cpu.stats().smc_restarts, 0u);  // the storing block does not contain f
 }
 
+TEST(SoftMmuCpu, PageGainingCodeLosesItsFastWriteEntry) {
+  System s;
+  s.load(kCode, {0xc7, 0x04, 0x25, 0x00, 0x10, 0x01, 0x00, 0x90, 0x90, 0x90, 0x90, 0xcc});  // mov dword [0x11000], ..; int3
+  s.load(kCode + 0x20, {0xc6, 0x04, 0x25, 0x01, 0x10, 0x01, 0x00, 0x02, 0xcc});           // mov byte [0x11001], 2; int3
+  expect_breakpoint(s.run_at(kCode), s.cpu);  // a fast write entry for page 0x11000
+  s.load(0x11000, {0xb8, 0x01, 0x00, 0x00, 0x00, 0xcc});  // mov eax, 1; int3
+  expect_breakpoint(s.run_at(0x11000), s.cpu);  // the page now holds code
+  EXPECT_EQ(s.reg(RAX), 1u);
+  expect_breakpoint(s.run_at(kCode + 0x20), s.cpu);  // must not take the fast path
+  expect_breakpoint(s.run_at(0x11000), s.cpu);
+  EXPECT_EQ(s.reg(RAX), 2u);
+}
+
 TEST(SoftMmuCpu, DataNextToCodeStaysCheap) {
   System s;
   // mov ecx, 50; l: mov [rel data], ecx; dec ecx; jnz l; int3 ... data at kCode + 0x40
