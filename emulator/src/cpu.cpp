@@ -68,6 +68,7 @@ TranslatedBlock* TbCache::insert_block(std::unique_ptr<TranslatedBlock> tb) {
 }
 
 void TbCache::retire(TranslatedBlock* tb) {
+  if (!tb->cached) return;  // listed twice (two spans on one physical page) or already retired
   for (const auto& span : tb->spans) {
     auto it = code_pages_.find(span.phys & kPageMask);
     if (it == code_pages_.end()) continue;
@@ -104,8 +105,12 @@ size_t TbCache::invalidate(uint64_t phys, uint64_t size) {
   std::vector<TranslatedBlock*> victims;
   for (TranslatedBlock* tb : it->second.blocks)
     if (span_overlaps(*tb, phys, size)) victims.push_back(tb);
-  for (TranslatedBlock* tb : victims) retire(tb);  // may erase the page entry
-  return victims.size();
+  size_t count = 0;
+  for (TranslatedBlock* tb : victims) {
+    count += tb->cached;  // a block with two spans on the page is listed twice
+    retire(tb);           // may erase the page entry
+  }
+  return count;
 }
 
 void TbCache::flush() {

@@ -536,6 +536,24 @@ TEST(SoftMmuCpu, BlockAcrossLinearPagesWithUnalignedCsBase) {
   EXPECT_EQ(s.cpu.stats().translations, 2u);
 }
 
+TEST(SoftMmuCpu, BlockWhoseTwoLinearPagesAliasOnePhysicalPage) {
+  System s;
+  s.long_mode();
+  s.map16(0, 0x800000 | pte::P | pte::RW);
+  s.map16(1, 0x800000 | pte::P | pte::RW);  // the next linear page is the same physical page
+  // nop x4; mov eax, imm32 with the opcode at 0x800fff and the imm32 at 0x800000 (through the alias); int3
+  s.load(0x800ffb, {0x90, 0x90, 0x90, 0x90, 0xb8});
+  s.load(0x800000, {0x44, 0x33, 0x22, 0x11, 0xcc});
+  expect_breakpoint(s.run_at(0x1000ffb), s.cpu);
+  EXPECT_EQ(s.reg(RAX), 0x11223344u);
+  s.load(0x800001, {0x99});  // invalidates the block once, although it is listed on that page twice
+  EXPECT_LT(s.cpu.tb_cache().host_bytes(), size_t{1} << 20);  // no double accounting
+  expect_breakpoint(s.run_at(0x1000ffb), s.cpu);
+  EXPECT_EQ(s.reg(RAX), 0x11229944u);
+  EXPECT_EQ(s.cpu.stats().tb_invalidations, 1u);
+  EXPECT_LT(s.cpu.tb_cache().host_bytes(), size_t{1} << 20);  // accounting stayed sane
+}
+
 // ---- Self-modifying code, TB cache -------------------------------------------------------
 
 TEST(SoftMmuCpu, UserModeSelfModifyingCode) {
