@@ -241,11 +241,11 @@ class CodeFetcher final : public Memory {
 
 Cpu::Cpu(Memory& memory) : memory_(memory) {
   if (PhysicalMemory* physical = memory_.physical_memory())
-    physical->set_write_observer([this](uint64_t address, uint64_t size) { invalidate_code(address, size); });
+    physical->set_write_observer([this](uint64_t address, uint64_t size) { invalidate_code(address, size); }, this);
 }
 
 Cpu::~Cpu() {
-  if (PhysicalMemory* physical = memory_.physical_memory()) physical->set_write_observer(nullptr);
+  if (PhysicalMemory* physical = memory_.physical_memory()) physical->clear_write_observer(this);
 }
 
 void Cpu::invalidate_code(uint64_t phys, uint64_t size) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "kiln/emulator/cpu.h"
@@ -629,6 +630,23 @@ TEST(SoftMmuCpu, PhysicalWritesInvalidateCode) {
   expect_breakpoint(s.run_at(kCode), s.cpu);
   EXPECT_EQ(s.reg(RAX), 3u);
   EXPECT_EQ(s.cpu.stats().tb_invalidations, 2u);
+}
+
+TEST(SoftMmuCpu, ReplacedCpuKeepsTheWriteObserverOfItsSuccessor) {
+  PhysicalMemory phys;
+  phys.add_ram(0, 1 << 20);
+  SoftMmu mmu(phys);
+  auto first = std::make_unique<Cpu>(mmu);
+  auto second = std::make_unique<Cpu>(mmu);
+  first.reset();  // e.g. a machine reset creating the new CPU before dropping the old one
+  second->state.mode.system = true;
+  phys.write_bytes(kCode, std::vector<uint8_t>{0xb8, 0x01, 0x00, 0x00, 0x00, 0xcc});
+  second->state.rip = kCode;
+  expect_breakpoint(second->run(100), *second);
+  phys.write_bytes(kCode + 1, std::vector<uint8_t>{0x02});
+  second->state.rip = kCode;
+  expect_breakpoint(second->run(100), *second);
+  EXPECT_EQ(second->state.regs[RAX], 2u);
 }
 
 TEST(SoftMmuCpu, FullTbCacheIsFlushed) {

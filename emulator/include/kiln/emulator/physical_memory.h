@@ -50,7 +50,14 @@ class PhysicalMemory {
   // translated code of the range. One observer; runs on the writer's thread
   // (write guest RAM from other threads only while the CPU is stopped).
   using WriteObserver = std::function<void(uint64_t address, uint64_t size)>;
-  void set_write_observer(WriteObserver observer) { observer_ = std::move(observer); }
+  void set_write_observer(WriteObserver observer, const void* owner = nullptr) {
+    observer_ = std::move(observer);
+    observer_owner_ = owner;
+  }
+  // Removes the observer if `owner` installed it (a replaced CPU must not remove its successor's).
+  void clear_write_observer(const void* owner) {
+    if (observer_owner_ == owner) set_write_observer(nullptr);
+  }
   // Devices that write RAM through host_pointer() report the range here.
   void notify_written(uint64_t address, uint64_t size) {
     if (observer_) observer_(address, size);
@@ -64,6 +71,7 @@ class PhysicalMemory {
   PhysicalRegion& insert(PhysicalRegion region);
   std::vector<PhysicalRegion> regions_;  // sorted by base
   WriteObserver observer_;
+  const void* observer_owner_ = nullptr;
 };
 
 }  // namespace kiln::emu
