@@ -499,6 +499,29 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
   return cache_.insert(std::move(tb), [this](uint64_t page) { code_page_added(page); });
 }
 
+TranslatedBlock* Cpu::next_block() {
+  cache_.release_retired();  // no block is running here
+  check_tlb_privilege();
+  TranslatedBlock* tb = get_block(state.rip, std::exchange(single_insn_next_, false));
+  if (!tb) note_page_fault();
+  return tb;
+}
+
+bool Cpu::restart_after_smc(const ExecResult& r) {
+  if (!std::exchange(smc_restart_, false) || !r.exception) return false;
+  // A store into the running block's code: re-run the storing instruction on its own (see write_slow).
+  state.exception = PendingException{};
+  single_insn_next_ = true;
+  state.rip = r.next_pc;
+  return true;
+}
+
+void Cpu::note_page_fault() {
+  // CR2 is written when the #PF is raised.
+  if (state.mode.system && state.exception.raised && state.exception.vector == Vector::PF)
+    state.sys.cr2 = state.exception.fault_address;
+}
+
 void Cpu::log_cpu_state() {
   static constexpr const char* kNames[] = {"RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
                                            "R8 ", "R9 ", "R10", "R11", "R12", "R13", "R14", "R15"};
@@ -517,11 +540,8 @@ RunResult Cpu::run(uint64_t max_insns) {
     cache_.flush();
   }
   while (result.insns < max_insns) {
-    cache_.release_retired();  // no block is running here
-    check_tlb_privilege();
-    TranslatedBlock* tb = get_block(state.rip, std::exchange(single_insn_next_, false));
-    if (!tb) {  // the block's first byte cannot be fetched
-      if (state.mode.system && state.exception.vector == Vector::PF) state.sys.cr2 = state.exception.fault_address;
+    TranslatedBlock* tb = next_block();
+    if (!tb) {  // the block's first byte cannot be fetched (state.exception, CR2 set)
       result.reason = StopReason::Exception;
       return result;
     }
@@ -534,16 +554,9 @@ RunResult Cpu::run(uint64_t max_insns) {
     result.insns += r.insns;
     state.tsc += r.insns;
     if (log_ && (log_mask_ & kLogCpu)) log_cpu_state();
-    if (std::exchange(smc_restart_, false) && r.exception) {
-      // A store into this block's code: re-run the storing instruction on its own (see write_slow).
-      state.exception = PendingException{};
-      single_insn_next_ = true;
-      state.rip = r.next_pc;
-      continue;
-    }
+    if (restart_after_smc(r)) continue;
     if (r.exception) {
-      // CR2 is written when the #PF is raised.
-      if (state.mode.system && state.exception.vector == Vector::PF) state.sys.cr2 = state.exception.fault_address;
+      note_page_fault();
       result.reason = StopReason::Exception;
       return result;
     }

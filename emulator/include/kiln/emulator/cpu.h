@@ -269,6 +269,12 @@ class Cpu {
   void check_tlb_privilege();
   void code_page_added(uint64_t phys_page);
   TranslatedBlock* get_block(uint64_t pc, bool single_insn);
+  // Run-loop steps: the block at state.rip (nullptr: its first byte faults,
+  // state.exception and CR2 are set); after a block, whether it stopped for an
+  // SMC restart (then just loop); CR2 for a #PF leaving a block.
+  TranslatedBlock* next_block();
+  bool restart_after_smc(const ExecResult& r);
+  void note_page_fault();
   void log_cpu_state();
 
   Memory& memory_;
