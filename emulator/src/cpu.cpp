@@ -2,10 +2,15 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <bit>
+#include <utility>
+
 #include "kiln/common/error.h"
 #include "kiln/emulator/ir_passes.h"
 #include "kiln/emulator/lazy_flags.h"
 #include "kiln/emulator/privileged.h"
+#include "kiln/emulator/physical_memory.h"
 
 namespace kiln::emu {
 
@@ -25,101 +30,497 @@ uint32_t parse_log_mask(std::string_view items) {
   return mask;
 }
 
-TranslatedBlock* TbCache::insert(std::unique_ptr<TranslatedBlock> tb) {
-  Key key{tb->pc, tb->mode};
-  TranslatedBlock* raw = tb.get();
-  blocks_[key] = std::move(tb);
-  fast_[hash(raw->pc, raw->mode)] = raw;
-  return raw;
-}
-
-void TbCache::flush() {
-  blocks_.clear();
-  std::fill(fast_.begin(), fast_.end(), nullptr);
-}
+// ---- TbCache ------------------------------------------------------------------
 
 namespace {
 
-bool canonical(uint64_t address) {
-  return static_cast<uint64_t>(static_cast<int64_t>(address << 16) >> 16) == address;
+void mark_bytes(uint64_t* bits, uint64_t from, uint64_t to) {
+  for (uint64_t i = from; i < to; ++i) bits[i / 64] |= uint64_t{1} << (i % 64);
+}
+
+bool any_bytes(const uint64_t* bits, uint64_t from, uint64_t to) {
+  for (uint64_t i = from; i < to; ++i)
+    if (bits[i / 64] & (uint64_t{1} << (i % 64))) return true;
+  return false;
+}
+
+bool span_overlaps(const TranslatedBlock& tb, uint64_t phys, uint64_t size) {
+  for (const auto& span : tb.spans)
+    if (phys < span.phys + span.size && span.phys < phys + size) return true;
+  return false;
 }
 
 }  // namespace
 
+TranslatedBlock* TbCache::insert_block(std::unique_ptr<TranslatedBlock> tb) {
+  const Key key{tb->pc, tb->phys_pc, tb->cs_base, tb->mode};
+  if (auto it = blocks_.find(key); it != blocks_.end()) retire(it->second.get());  // stale (another page mapping)
+  TranslatedBlock* raw = tb.get();
+  raw->cached = true;
+  for (const auto& span : raw->spans) {
+    CodePage& page = code_pages_[span.phys & kPageMask];
+    page.blocks.push_back(raw);
+    mark_bytes(page.bytes, span.phys & ~kPageMask, (span.phys & ~kPageMask) + span.size);
+  }
+  host_bytes_ += raw->host_bytes;
+  fast_[hash(raw->pc, raw->phys_pc)] = raw;
+  blocks_.emplace(key, std::move(tb));
+  return raw;
+}
+
+void TbCache::retire(TranslatedBlock* tb) {
+  if (!tb->cached) return;  // listed twice (two spans on one physical page) or already retired
+  for (const auto& span : tb->spans) {
+    auto it = code_pages_.find(span.phys & kPageMask);
+    if (it == code_pages_.end()) continue;
+    CodePage& page = it->second;
+    std::erase(page.blocks, tb);
+    if (page.blocks.empty()) {
+      code_pages_.erase(it);
+      continue;
+    }
+    std::fill(std::begin(page.bytes), std::end(page.bytes), 0);
+    for (const TranslatedBlock* other : page.blocks)
+      for (const auto& s : other->spans)
+        if ((s.phys & kPageMask) == it->first) mark_bytes(page.bytes, s.phys & ~kPageMask, (s.phys & ~kPageMask) + s.size);
+  }
+  TranslatedBlock*& slot = fast_[hash(tb->pc, tb->phys_pc)];
+  if (slot == tb) slot = nullptr;
+  host_bytes_ -= tb->host_bytes;
+  tb->cached = false;
+  auto it = blocks_.find(Key{tb->pc, tb->phys_pc, tb->cs_base, tb->mode});
+  if (it != blocks_.end() && it->second.get() == tb) {
+    retired_.push_back(std::move(it->second));
+    blocks_.erase(it);
+  }
+}
+
+bool TbCache::overlaps_code(uint64_t phys, uint64_t size) const {
+  auto it = code_pages_.find(phys & kPageMask);
+  return it != code_pages_.end() && any_bytes(it->second.bytes, phys & ~kPageMask, (phys & ~kPageMask) + size);
+}
+
+size_t TbCache::invalidate(uint64_t phys, uint64_t size) {
+  auto it = code_pages_.find(phys & kPageMask);
+  if (it == code_pages_.end() || !any_bytes(it->second.bytes, phys & ~kPageMask, (phys & ~kPageMask) + size)) return 0;
+  std::vector<TranslatedBlock*> victims;
+  for (TranslatedBlock* tb : it->second.blocks)
+    if (span_overlaps(*tb, phys, size)) victims.push_back(tb);
+  size_t count = 0;
+  for (TranslatedBlock* tb : victims) {
+    count += tb->cached;  // a block with two spans on the page is listed twice
+    retire(tb);           // may erase the page entry
+  }
+  return count;
+}
+
+void TbCache::flush() {
+  for (auto& [key, tb] : blocks_) {
+    tb->cached = false;
+    retired_.push_back(std::move(tb));
+  }
+  blocks_.clear();
+  code_pages_.clear();
+  std::fill(fast_.begin(), fast_.end(), nullptr);
+  host_bytes_ = 0;
+}
+
+// ---- Code fetch -------------------------------------------------------------------
+
+// The frontend's view of guest code for one translation: RIP-relative
+// addresses become linear ones (CS base + RIP), pages are translated for
+// execution through the CPU's TLB and MMU, and the physical bytes read are
+// recorded as the block's spans. Code in MMIO (or unmapped) space is read
+// through PhysicalMemory and makes the block uncacheable.
+class CodeFetcher final : public Memory {
+ public:
+  CodeFetcher(Cpu& cpu, uint64_t cs_base, bool wrap32, Privilege privilege)
+      : cpu_(cpu), cs_base_(cs_base), wrap32_(wrap32), privilege_(privilege) {}
+
+  uint8_t* page_pointer(uint64_t address, Access) override {
+    Page* page = page_for(linear(address));
+    return page ? page->host : nullptr;
+  }
+
+  size_t fetch_code(uint64_t address, uint8_t* out, size_t want, uint64_t& fault_address) override {
+    size_t got = 0;
+    while (got < want) {
+      const uint64_t at = linear(address + got);
+      Page* page = page_for(at);
+      if (!page) {
+        fault_address = address + got;
+        break;
+      }
+      const uint64_t offset = at & ~kPageMask;
+      const size_t n = std::min<size_t>(want - got, kPageSize - offset);
+      if (page->host) {
+        std::memcpy(out + got, page->host + offset, n);
+      } else {
+        PhysicalMemory* physical = cpu_.memory_.physical_memory();
+        for (size_t i = 0; i < n; ++i)
+          out[got + i] = physical ? static_cast<uint8_t>(physical->read(page->phys + offset + i, 1)) : 0xff;
+      }
+      page->lo = std::min<uint64_t>(page->lo, offset);
+      page->hi = std::max<uint64_t>(page->hi, offset + n);
+      got += n;
+    }
+    last_fetch_ = address;
+    last_got_ = got;
+    last_short_ = got < want;
+    return got;
+  }
+
+  PendingException fetch_fault(uint64_t address) override {
+    PendingException f = fault_;
+    f.raised = true;
+    f.fault_address = linear(address);
+    return f;
+  }
+
+  // False for code read through PhysicalMemory and for blocks ending in a fetch fault (the
+  // fault must be re-evaluated: a page that becomes present needs no INVLPG).
+  bool cacheable(uint64_t pc, uint64_t guest_bytes) const {
+    return cacheable_ && !(last_short_ && last_fetch_ >= pc + guest_bytes);
+  }
+  // The physical bytes of the block at `pc` that translated `guest_bytes` bytes: the
+  // fetcher reads ahead up to 15 bytes per instruction, which must not count as code
+  // (stores just behind a block would restart it); an undecodable last instruction
+  // (not in guest_bytes) counts with the bytes fetched for it.
+  std::vector<TranslatedBlock::Span> spans(uint64_t pc, uint64_t guest_bytes) const {
+    uint64_t end = pc + guest_bytes;
+    if (last_fetch_ >= end) end = last_fetch_ + last_got_;
+    const uint64_t begin = linear(pc), length = end - pc;
+    std::vector<TranslatedBlock::Span> out;
+    for (const Page& p : pages_) {
+      const uint64_t lo = std::max(p.linear_page + p.lo, begin), hi = std::min(p.linear_page + p.hi, begin + length);
+      if (hi > lo) out.push_back({p.linear_page, p.phys + (lo - p.linear_page), static_cast<uint32_t>(hi - lo)});
+    }
+    return out;
+  }
+
+ private:
+  struct Page {
+    uint64_t linear_page;
+    uint64_t phys;   // physical page
+    uint8_t* host;   // nullptr: read through PhysicalMemory
+    uint64_t lo, hi; // offsets of the bytes fetched
+  };
+
+  uint64_t linear(uint64_t address) const {
+    const uint64_t a = address + cs_base_;
+    return wrap32_ ? a & 0xffffffff : a;
+  }
+
+  Page* page_for(uint64_t at) {
+    const uint64_t page = at & kPageMask;
+    for (Page& p : pages_)
+      if (p.linear_page == page) return &p;
+    // Translation must not leave a pending exception behind: the block runs later.
+    const PendingException saved = cpu_.state.exception;
+    Cpu::PageRef ref;
+    const bool ok = cpu_.access_page(at, Access::Execute, privilege_, ref);
+    fault_ = cpu_.state.exception;
+    cpu_.state.exception = saved;
+    if (!ok) return nullptr;
+    if (!ref.host) cacheable_ = false;
+    pages_.push_back(Page{page, ref.phys, ref.host, kPageSize, 0});
+    return &pages_.back();
+  }
+
+  Cpu& cpu_;
+  uint64_t cs_base_;
+  bool wrap32_;
+  Privilege privilege_;
+  std::vector<Page> pages_;
+  PendingException fault_;
+  bool cacheable_ = true;
+  uint64_t last_fetch_ = 0, last_got_ = 0;  // the last instruction fetch (RIP, bytes)
+  bool last_short_ = false;                  // ... stopped at an unfetchable byte
+};
+
+// ---- Cpu: memory ------------------------------------------------------------------
+
+Cpu::Cpu(Memory& memory) : memory_(memory) {
+  if (PhysicalMemory* physical = memory_.physical_memory())
+    physical->set_write_observer([this](uint64_t address, uint64_t size) { invalidate_code(address, size); }, this);
+}
+
+Cpu::~Cpu() {
+  if (PhysicalMemory* physical = memory_.physical_memory()) physical->clear_write_observer(this);
+}
+
+void Cpu::invalidate_code(uint64_t phys, uint64_t size) {
+  while (size > 0) {
+    const uint64_t n = std::min<uint64_t>(size, kPageSize - (phys & ~kPageMask));
+    if (cache_.is_code_page(phys & kPageMask)) stats_.tb_invalidations += cache_.invalidate(phys, n);
+    phys += n;
+    size -= n;
+  }
+}
+
 void Cpu::flush_tlb() {
   for (auto& way : tlb_)
     for (auto& e : way) e = TlbEntry{};
+  tlb_has_large_ = false;
   tlb_generation_ = memory_.generation();
 }
 
-uint8_t* Cpu::translate_page(uint64_t address, Access access) {
-  if (state.mode.code == CodeSize::Bits64 && !canonical(address)) {
-    state.exception = PendingException{.raised = true, .vector = Vector::GP};
-    return nullptr;
-  }
-  uint8_t* host = memory_.page_pointer(address, access);
-  if (!host) {
-    // Not present, user mode; bit 1 = write, bit 4 = instruction fetch.
-    uint32_t error = 4 | (access == Access::Write ? 2 : 0) | (access == Access::Execute ? 16 : 0);
-    state.exception = PendingException{.raised = true, .vector = Vector::PF, .error_code = error, .fault_address = address};
-    return nullptr;
-  }
-  if (access != Access::Execute) {
-    TlbEntry& e = tlb_[static_cast<int>(access)][(address >> 12) & (kTlbSize - 1)];
-    e.tag = address & kPageMask;
-    e.host = host;
-  }
-  return host;
+void Cpu::invalidate_tlb(bool include_global) {
+  if (include_global || !(state.sys.cr4 & cr4::PGE)) return flush_tlb();
+  for (auto& way : tlb_)
+    for (auto& e : way)
+      if (!e.global) e = TlbEntry{};
 }
 
-bool Cpu::read_slow(uint64_t address, unsigned size, uint64_t& out) {
-  uint8_t bytes[8] = {};
-  // Translate every page the access touches before reading: a fault leaves nothing done.
-  uint8_t* first = translate_page(address, Access::Read);
-  if (!first) return false;
-  uint64_t in_first = std::min<uint64_t>(size, kPageSize - (address & ~kPageMask));
-  uint8_t* second = nullptr;
-  if (in_first < size && !(second = translate_page(address + in_first, Access::Read))) {
-    state.exception.fault_address = address + in_first;
+void Cpu::invalidate_tlb_page(uint64_t linear) {
+  if (tlb_has_large_) {
+    // Any entry of the (possibly large) mapping holding `linear`.
+    for (auto& way : tlb_)
+      for (auto& e : way)
+        if (e.tag != TlbEntry{}.tag && (((e.tag & kPageMask) ^ linear) >> e.page_shift) == 0) e = TlbEntry{};
+    return;
+  }
+  for (auto& way : tlb_) {
+    TlbEntry& e = way[(linear >> 12) & (kTlbSize - 1)];
+    if ((e.tag & kPageMask) == (linear & kPageMask)) e = TlbEntry{};
+  }
+}
+
+void Cpu::check_tlb_privilege() {
+  const bool user = data_privilege() == Privilege::User;
+  if (user != tlb_user_) {
+    flush_tlb();
+    tlb_user_ = user;
+  }
+}
+
+void Cpu::code_page_added(uint64_t phys_page) {
+  // Stores to the page must see the code from now on: their entries go slow.
+  for (TlbEntry& e : tlb_[static_cast<int>(Access::Write)])
+    if (e.phys == phys_page && e.host) e.tag |= kTagSlow;
+}
+
+bool Cpu::access_page(uint64_t address, Access access, Privilege privilege, PageRef& out) {
+  const bool use_tlb = privilege != Privilege::Implicit;
+  TlbEntry* entry = nullptr;
+  if (use_tlb) {
+    if ((privilege == Privilege::User) != tlb_user_) check_tlb_privilege();
+    entry = &tlb_[static_cast<int>(access)][(address >> 12) & (kTlbSize - 1)];
+    if ((entry->tag & ~kTagSlow) == (address & kPageMask)) {
+      out = PageRef{entry->host, entry->phys};
+      // A page that lost all its code takes the fast path again.
+      if ((entry->tag & kTagSlow) && entry->host && access == Access::Write && !cache_.is_code_page(entry->phys))
+        entry->tag &= ~kTagSlow;
+      return true;
+    }
+  }
+  Translation t;
+  if (!memory_.translate(address, access, privilege, state, t)) {
+    state.exception = PendingException{.raised = true, .vector = t.vector, .error_code = t.error_code, .fault_address = address};
     return false;
   }
-  std::memcpy(bytes, first + (address & ~kPageMask), in_first);
-  if (second) std::memcpy(bytes + in_first, second, size - in_first);
+  out = PageRef{t.host, t.physical & kPageMask};
+  if (use_tlb && t.cacheable) {
+    const bool slow = !t.host || (access == Access::Write && cache_.is_code_page(out.phys));
+    *entry = TlbEntry{.tag = (address & kPageMask) | (slow ? kTagSlow : 0),
+                      .host = t.host,
+                      .phys = out.phys,
+                      .page_shift = static_cast<uint8_t>(std::countr_zero(t.page_size)),
+                      .global = t.global};
+    if (t.page_size > kPageSize) tlb_has_large_ = true;
+  }
+  return true;
+}
+
+namespace {
+
+// Reads/writes `size` bytes at `offset` of a page that has no host memory (MMIO, ROM writes, holes).
+void physical_read(PhysicalMemory* physical, uint64_t address, uint8_t* out, unsigned size) {
+  if (!physical) return std::memset(out, 0xff, size), void();
+  if (size == 1 || size == 2 || size == 4 || size == 8) {
+    const uint64_t v = physical->read(address, size);
+    std::memcpy(out, &v, size);
+    return;
+  }
+  for (unsigned i = 0; i < size; ++i) out[i] = static_cast<uint8_t>(physical->read(address + i, 1));
+}
+
+void physical_write(PhysicalMemory* physical, uint64_t address, const uint8_t* in, unsigned size) {
+  if (!physical) return;
+  if (size == 1 || size == 2 || size == 4 || size == 8) {
+    uint64_t v = 0;
+    std::memcpy(&v, in, size);
+    return physical->write(address, size, v);
+  }
+  for (unsigned i = 0; i < size; ++i) physical->write(address + i, 1, in[i]);
+}
+
+}  // namespace
+
+bool Cpu::read_slow(uint64_t address, unsigned size, uint64_t& out, Privilege privilege) {
+  // Translate every page the access touches before reading: a fault leaves nothing done.
+  PageRef first, second;
+  if (!access_page(address, Access::Read, privilege, first)) return false;
+  const uint64_t offset = address & ~kPageMask;
+  const unsigned in_first = static_cast<unsigned>(std::min<uint64_t>(size, kPageSize - offset));
+  if (in_first < size && !access_page(address + in_first, Access::Read, privilege, second)) return false;
+  uint8_t bytes[8] = {};
+  PhysicalMemory* physical = memory_.physical_memory();
+  if (first.host) std::memcpy(bytes, first.host + offset, in_first);
+  else physical_read(physical, first.phys + offset, bytes, in_first);
+  if (in_first < size) {
+    if (second.host) std::memcpy(bytes + in_first, second.host, size - in_first);
+    else physical_read(physical, second.phys, bytes + in_first, size - in_first);
+  }
   out = 0;
   std::memcpy(&out, bytes, size);
   return true;
 }
 
-bool Cpu::write_slow(uint64_t address, unsigned size, uint64_t value) {
-  uint8_t* first = translate_page(address, Access::Write);
-  if (!first) return false;
-  uint64_t in_first = std::min<uint64_t>(size, kPageSize - (address & ~kPageMask));
-  uint8_t* second = nullptr;
-  if (in_first < size && !(second = translate_page(address + in_first, Access::Write))) return false;
+bool Cpu::write_slow(uint64_t address, unsigned size, uint64_t value, Privilege privilege) {
+  PageRef first, second;
+  if (!access_page(address, Access::Write, privilege, first)) return false;
+  const uint64_t offset = address & ~kPageMask;
+  const unsigned in_first = static_cast<unsigned>(std::min<uint64_t>(size, kPageSize - offset));
+  if (in_first < size && !access_page(address + in_first, Access::Write, privilege, second)) return false;
+  // Self-modifying code: a store into translated code invalidates those blocks. When it hits
+  // the running block itself, whose later instructions may be the ones modified, the store is
+  // abandoned like a fault (nothing of the instruction is done yet) and the run loop re-executes
+  // that instruction as a block of its own, which then stores and ends.
   uint8_t bytes[8];
   std::memcpy(bytes, &value, 8);
-  std::memcpy(first + (address & ~kPageMask), bytes, in_first);
-  if (second) std::memcpy(second, bytes + in_first, size - in_first);
+  // (Rewriting code bytes with their own values changes nothing: no invalidation.)
+  // Only RAM (host memory) holds cached code: ROM does not change and code read
+  // from MMIO is never cached.
+  const bool code_first = first.host && cache_.overlaps_code(first.phys + offset, in_first) &&
+                          std::memcmp(first.host + offset, bytes, in_first) != 0;
+  const bool code_second = in_first < size && second.host && cache_.overlaps_code(second.phys, size - in_first) &&
+                           std::memcmp(second.host, bytes + in_first, size - in_first) != 0;
+  if ((code_first || code_second) && current_tb_ && current_tb_->cached && current_tb_->guest_insns > 1 &&
+      ((code_first && span_overlaps(*current_tb_, first.phys + offset, in_first)) ||
+       (code_second && span_overlaps(*current_tb_, second.phys, size - in_first)))) {
+    smc_restart_ = true;
+    ++stats_.smc_restarts;
+    state.exception = PendingException{.raised = true, .vector = Vector::GP};  // replaced by the restart
+    return false;
+  }
+  PhysicalMemory* physical = memory_.physical_memory();
+  if (first.host) std::memcpy(first.host + offset, bytes, in_first);
+  else physical_write(physical, first.phys + offset, bytes, in_first);
+  if (in_first < size) {
+    if (second.host) std::memcpy(second.host, bytes + in_first, size - in_first);
+    else physical_write(physical, second.phys, bytes + in_first, size - in_first);
+  }
+  if (code_first) stats_.tb_invalidations += cache_.invalidate(first.phys + offset, in_first);
+  if (code_second) stats_.tb_invalidations += cache_.invalidate(second.phys, size - in_first);
   return true;
 }
 
-TranslatedBlock* Cpu::get_block(uint64_t pc) {
+bool Cpu::probe_slow(uint64_t address, Access access) {
+  PageRef page;
+  return access_page(address, access, data_privilege(), page);
+}
+
+bool Cpu::translate_linear(uint64_t linear, Access access, uint64_t& physical) {
+  Translation t;
+  if (!memory_.translate(linear, access, data_privilege(), state, t)) {
+    state.exception = PendingException{.raised = true, .vector = t.vector, .error_code = t.error_code, .fault_address = linear};
+    return false;
+  }
+  physical = t.physical;
+  return true;
+}
+
+// ---- Cpu: blocks ------------------------------------------------------------------
+
+TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
   const uint32_t mode = state.mode.key();
-  if (TranslatedBlock* tb = cache_.find(pc, mode)) return tb;
+  // System mode fetches at CS base + RIP (the base is 0 in 64-bit mode, linear addresses wrap
+  // at 4 GiB outside it); user mode keeps fetching at RIP.
+  const bool system = state.mode.system, bits64 = state.mode.code == CodeSize::Bits64;
+  const uint64_t cs_base = system && !bits64 ? state.seg_base[CS] : 0;
+  const bool wrap32 = system && !bits64;
+  const uint64_t linear = wrap32 ? (pc + cs_base) & 0xffffffff : pc + cs_base;
+  const Privilege privilege = data_privilege();
+  uint64_t phys;
+  const TlbEntry& e = tlb_[static_cast<int>(Access::Execute)][(linear >> 12) & (kTlbSize - 1)];
+  if (e.tag == (linear & kPageMask)) [[likely]] {
+    phys = e.phys | (linear & ~kPageMask);
+  } else {
+    PageRef page;
+    if (!access_page(linear, Access::Execute, privilege, page)) return nullptr;  // the first byte faults
+    phys = page.phys | (linear & ~kPageMask);
+  }
+  if (!single_insn) {
+    if (TranslatedBlock* tb = cache_.find(pc, phys, cs_base, mode)) [[likely]] {
+      bool valid = true;
+      // Code continuing on other pages: those must still map to the same physical pages.
+      for (size_t i = 1; valid && i < tb->spans.size(); ++i) {
+        const PendingException saved = state.exception;
+        PageRef page;
+        valid = access_page(tb->spans[i].linear_page, Access::Execute, privilege, page) &&
+                page.phys == (tb->spans[i].phys & kPageMask);
+        state.exception = saved;
+      }
+      if (valid) return tb;
+    }
+  }
+  CodeFetcher fetcher(*this, cs_base, wrap32, privilege);
+  TranslateOptions options = options_;
+  if (single_insn) options.max_insns = 1;
   ir::Block raw;
-  ir::Block block = translate_block(memory_, pc, state.mode, options_, (log_mask_ & kLogOp) ? &raw : nullptr);
+  ir::Block block = translate_block(fetcher, pc, state.mode, options, (log_mask_ & kLogOp) ? &raw : nullptr);
+  // Before logging, whose disassembly fetches again:
+  std::vector<TranslatedBlock::Span> spans = fetcher.spans(pc, block.guest_bytes);
+  const bool cacheable = !single_insn && fetcher.cacheable(pc, block.guest_bytes) && !spans.empty();
   ++stats_.translations;
   if (log_ && (log_mask_ & kLogInAsm))
-    fmt::print(log_, "IN:\n{}\n", disassemble(memory_, pc, state.mode, block.guest_insns));
+    fmt::print(log_, "IN:\n{}\n", disassemble(fetcher, pc, state.mode, block.guest_insns));
   if (log_ && (log_mask_ & kLogOp)) fmt::print(log_, "OP:\n{}\n", ir::print(raw));
   if (log_ && (log_mask_ & kLogOpOpt)) fmt::print(log_, "OP after optimization:\n{}\n", ir::print(block));
   auto tb = std::make_unique<TranslatedBlock>();
   tb->pc = pc;
+  tb->phys_pc = phys;
+  tb->cs_base = cs_base;
   tb->mode = mode;
   tb->guest_insns = block.guest_insns;
   tb->guest_bytes = block.guest_bytes;
+  tb->spans = std::move(spans);
   tb->exec = compile_for_interpreter(block);
-  return cache_.insert(std::move(tb));
+  tb->host_bytes = sizeof(TranslatedBlock) + tb->spans.size() * sizeof(TranslatedBlock::Span) +
+                   tb->exec.code.size() * sizeof(ExecInst) + tb->exec.frame_template.size() * sizeof(uint64_t);
+  if (!cacheable) {
+    one_off_ = std::move(tb);
+    return one_off_.get();
+  }
+  if (cache_.size() > 0 && cache_.host_bytes() + tb->host_bytes > tb_cache_limit_) {
+    cache_.flush();
+    ++stats_.tb_cache_flushes;
+  }
+  return cache_.insert(std::move(tb), [this](uint64_t page) { code_page_added(page); });
+}
+
+TranslatedBlock* Cpu::next_block() {
+  cache_.release_retired();  // no block is running here
+  check_tlb_privilege();
+  TranslatedBlock* tb = get_block(state.rip, std::exchange(single_insn_next_, false));
+  if (!tb) note_page_fault();
+  return tb;
+}
+
+bool Cpu::restart_after_smc(const ExecResult& r) {
+  if (!std::exchange(smc_restart_, false) || !r.exception) return false;
+  // A store into the running block's code: re-run the storing instruction on its own (see write_slow).
+  state.exception = PendingException{};
+  single_insn_next_ = true;
+  state.rip = r.next_pc;
+  return true;
+}
+
+void Cpu::note_page_fault() {
+  // CR2 is written when the #PF is raised.
+  if (state.mode.system && state.exception.raised && state.exception.vector == Vector::PF)
+    state.sys.cr2 = state.exception.fault_address;
 }
 
 void Cpu::log_cpu_state() {
@@ -141,15 +542,23 @@ RunResult Cpu::run(uint64_t max_insns) {
     cache_.flush();
   }
   while (result.insns < max_insns) {
-    TranslatedBlock* tb = get_block(state.rip);
+    TranslatedBlock* tb = next_block();
+    if (!tb) {  // the block's first byte cannot be fetched (state.exception, CR2 set)
+      result.reason = StopReason::Exception;
+      return result;
+    }
     if (log_ && (log_mask_ & kLogExec))
       fmt::print(log_, "Trace 0: {} [{:016x}/{:x}]\n", static_cast<const void*>(tb), tb->pc, tb->mode);
+    current_tb_ = tb;
     ExecResult r = interpret(*this, tb->exec, frame_);
+    current_tb_ = nullptr;
     ++stats_.blocks_executed;
     result.insns += r.insns;
     state.tsc += r.insns;
     if (log_ && (log_mask_ & kLogCpu)) log_cpu_state();
+    if (restart_after_smc(r)) continue;
     if (r.exception) {
+      note_page_fault();
       result.reason = StopReason::Exception;
       return result;
     }

@@ -42,21 +42,9 @@ ZydisStackWidth stack_width(CpuMode mode) {
   return ZYDIS_STACK_WIDTH_64;
 }
 
-// Copies up to `want` code bytes at `pc`; stops at the first unfetchable page.
+// Copies up to `want` code bytes at `pc`; stops at the first unfetchable byte.
 size_t fetch_code(Memory& memory, uint64_t pc, uint8_t* out, size_t want, uint64_t& fault_address) {
-  size_t got = 0;
-  while (got < want) {
-    uint64_t address = pc + got;
-    uint8_t* page = memory.page_pointer(address, Access::Execute);
-    if (!page) {
-      fault_address = address;
-      break;
-    }
-    size_t n = std::min<size_t>(want - got, kPageSize - (address & ~kPageMask));
-    std::memcpy(out + got, page + (address & ~kPageMask), n);
-    got += n;
-  }
-  return got;
+  return memory.fetch_code(pc, out, want, fault_address);
 }
 
 struct GprRef {
@@ -375,7 +363,9 @@ void Translator::translate(uint64_t start) {
     ZyanStatus status = ZydisDecoderDecodeFull(&decoder_, bytes, got, &insn_, ops_);
     if (!ZYAN_SUCCESS(status)) {
       if (got < kMaxInsnLength && (got == 0 || status == ZYDIS_STATUS_NO_MORE_DATA)) {
-        b_.emit(Op::Raise, Type::Void, {c64(fault_address)}, static_cast<uint64_t>(Vector::PF) | ((4u | 16u) << 8));
+        const PendingException f = memory_.fetch_fault(fault_address);  // #PF (or #GP) as the MMU reports it
+        b_.emit(Op::Raise, Type::Void, {c64(f.fault_address)},
+                static_cast<uint64_t>(f.vector) | (static_cast<uint64_t>(f.error_code) << 8));
         ended_ = true;
       } else if (status == ZYDIS_STATUS_INSTRUCTION_TOO_LONG) {
         raise(Vector::GP);  // more than 15 bytes

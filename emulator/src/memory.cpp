@@ -7,6 +7,47 @@
 
 namespace kiln::emu {
 
+namespace {
+
+bool canonical(uint64_t address) {
+  return static_cast<uint64_t>(static_cast<int64_t>(address << 16) >> 16) == address;
+}
+
+}  // namespace
+
+bool Memory::translate(uint64_t linear, Access access, Privilege, const CpuState& cpu, Translation& out) {
+  out = Translation{};
+  if (access != Access::Execute && cpu.mode.code == CodeSize::Bits64 && !canonical(linear)) {
+    out.vector = Vector::GP;
+    return false;
+  }
+  uint8_t* host = page_pointer(linear, access);
+  if (!host) {
+    // Not present, user mode; bit 1 = write, bit 4 = instruction fetch.
+    out.error_code = pf::U | (access == Access::Write ? pf::W : 0) | (access == Access::Execute ? pf::ID : 0);
+    return false;
+  }
+  out.physical = linear;
+  out.host = host;
+  return true;
+}
+
+size_t Memory::fetch_code(uint64_t address, uint8_t* out, size_t want, uint64_t& fault_address) {
+  size_t got = 0;
+  while (got < want) {
+    const uint64_t at = address + got;
+    uint8_t* page = page_pointer(at, Access::Execute);
+    if (!page) {
+      fault_address = at;
+      break;
+    }
+    const size_t n = std::min<size_t>(want - got, kPageSize - (at & ~kPageMask));
+    std::memcpy(out + got, page + (at & ~kPageMask), n);
+    got += n;
+  }
+  return got;
+}
+
 FlatMemory::Region* FlatMemory::find(uint64_t address) {
   auto it = std::upper_bound(regions_.begin(), regions_.end(), address,
                              [](uint64_t a, const Region& r) { return a < r.base; });

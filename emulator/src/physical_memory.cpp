@@ -84,6 +84,7 @@ uint8_t* PhysicalMemory::host_pointer(uint64_t address) const {
 }
 
 void PhysicalMemory::write_bytes(uint64_t address, std::span<const uint8_t> bytes) {
+  const uint64_t start = address, total = bytes.size();
   while (!bytes.empty()) {
     const PhysicalRegion* r = find(address);
     if (!r || r->kind == RegionKind::Mmio) throw invalid_argument("physical address 0x{:x} is not RAM or ROM", address);
@@ -92,6 +93,7 @@ void PhysicalMemory::write_bytes(uint64_t address, std::span<const uint8_t> byte
     bytes = bytes.subspan(n);
     address += n;
   }
+  notify_written(start, total);
 }
 
 void PhysicalMemory::read_bytes(uint64_t address, std::span<uint8_t> bytes) const {
@@ -134,12 +136,18 @@ void PhysicalMemory::write(uint64_t address, unsigned size, uint64_t value) {
       const uint8_t byte = static_cast<uint8_t>(value >> (8 * i));
       if (!b || b->kind == RegionKind::Rom) continue;
       if (b->kind == RegionKind::Mmio) b->mmio->mmio_write(address + i - b->base, 1, byte);
-      else b->host[address + i - b->base] = byte;
+      else {
+        b->host[address + i - b->base] = byte;
+        notify_written(address + i, 1);
+      }
     }
     return;
   }
   switch (r->kind) {
-    case RegionKind::Ram: std::memcpy(r->host + (address - r->base), &value, size); break;
+    case RegionKind::Ram:
+      std::memcpy(r->host + (address - r->base), &value, size);
+      notify_written(address, size);
+      break;
     case RegionKind::Mmio: r->mmio->mmio_write(address - r->base, size, value); break;
     case RegionKind::Rom: break;  // writes to ROM are ignored
   }

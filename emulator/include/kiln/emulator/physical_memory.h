@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -44,6 +45,24 @@ class PhysicalMemory {
   uint64_t read(uint64_t address, unsigned size);
   void write(uint64_t address, unsigned size, uint64_t value);
 
+  // Called after RAM changes through write_bytes, write or notify_written
+  // (loaders, DMA, the MMU's accessed/dirty updates) so the CPU can drop
+  // translated code of the range. One observer; runs on the writer's thread
+  // (write guest RAM from other threads only while the CPU is stopped).
+  using WriteObserver = std::function<void(uint64_t address, uint64_t size)>;
+  void set_write_observer(WriteObserver observer, const void* owner = nullptr) {
+    observer_ = std::move(observer);
+    observer_owner_ = owner;
+  }
+  // Removes the observer if `owner` installed it (a replaced CPU must not remove its successor's).
+  void clear_write_observer(const void* owner) {
+    if (observer_owner_ == owner) set_write_observer(nullptr);
+  }
+  // Devices that write RAM through host_pointer() report the range here.
+  void notify_written(uint64_t address, uint64_t size) {
+    if (observer_) observer_(address, size);
+  }
+
   const std::vector<PhysicalRegion>& regions() const { return regions_; }
   // Total RAM below 4 GiB and above (for Multiboot's mem_lower/mem_upper and the memory map).
   uint64_t ram_size() const;
@@ -51,6 +70,8 @@ class PhysicalMemory {
  private:
   PhysicalRegion& insert(PhysicalRegion region);
   std::vector<PhysicalRegion> regions_;  // sorted by base
+  WriteObserver observer_;
+  const void* observer_owner_ = nullptr;
 };
 
 }  // namespace kiln::emu
