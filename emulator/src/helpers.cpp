@@ -303,6 +303,8 @@ constexpr HelperInfo kHelpers[] = {
     {"x87", ir::Type::Void, helper_x87},           {"fwait", ir::Type::Void, helper_fwait},           {"fxsave", ir::Type::Void, helper_fxsave},
     {"fxrstor", ir::Type::Void, helper_fxrstor},   {"maskmove", ir::Type::Void, helper_maskmove},
     {"pcmpstr", ir::Type::Void, helper_string_compare},
+    {"port_check", ir::Type::Void, helper_port_check}, {"port_in", ir::Type::I64, helper_port_in},
+    {"port_out", ir::Type::Void, helper_port_out},     {"port_in_string", ir::Type::Void, helper_port_in_string},
 };
 static_assert(std::size(kHelpers) == static_cast<size_t>(HelperId::Count));
 
