@@ -21,7 +21,10 @@ constexpr uint32_t kUnderstoodRequired = kFlagPageAlign | kFlagMemoryInfo | kFla
 // Boot information flags.
 constexpr uint32_t kInfoMemory = 1u << 0, kInfoBootDevice = 1u << 1, kInfoCmdline = 1u << 2, kInfoModules = 1u << 3,
                    kInfoMemoryMap = 1u << 6, kInfoLoaderName = 1u << 9;
-constexpr uint64_t kLowMemoryEnd = 0xa0000, kHighMemoryStart = 0x100000, k4GiB = 1ull << 32;
+// Conventional memory ends at 639 KiB: the top KiB is the EBDA on a PC (and
+// qemu's firmware reports it so; guest tests compare against it).
+constexpr uint64_t kLowMemoryEnd = 0x9fc00, kHoleStart = 0xa0000, kBiosStart = 0xf0000, kHighMemoryStart = 0x100000,
+                   k4GiB = 1ull << 32;
 constexpr uint64_t kInfoAreaLow = 0x9000;  // below 640 KiB, above the real-mode IVT/BDA
 constexpr uint32_t kInfoSize = 88;         // up to the VBE fields (framebuffer not provided)
 
@@ -230,7 +233,7 @@ MultibootBoot load_multiboot(emu::PhysicalMemory& memory, std::span<const uint8_
   }
 
   // The information goes below 640 KiB unless the kernel itself lives there.
-  const bool kernel_low = image.start < kLowMemoryEnd && image.end > kInfoAreaLow;
+  const bool kernel_low = image.start < kHoleStart && image.end > kInfoAreaLow;
   InfoArea area(memory, kernel_low ? next : kInfoAreaLow, kernel_low ? ram_below_4g : kLowMemoryEnd);
 
   const uint32_t cmdline = area.put_string(command_line);
@@ -252,6 +255,8 @@ MultibootBoot load_multiboot(emu::PhysicalMemory& memory, std::span<const uint8_
     append<uint32_t>(map, type);
   };
   entry_of(0, kLowMemoryEnd, 1);
+  entry_of(kLowMemoryEnd, kHoleStart - kLowMemoryEnd, 2);
+  entry_of(kBiosStart, kHighMemoryStart - kBiosStart, 2);
   entry_of(kHighMemoryStart, ram_below_4g - kHighMemoryStart, 1);
   if (ram_above_4g) entry_of(k4GiB, ram_above_4g, 1);
   const uint32_t mmap_addr = area.put(map);

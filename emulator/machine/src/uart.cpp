@@ -48,7 +48,9 @@ void Uart16550::receive(std::span<const uint8_t> bytes) {
 
 void Uart16550::push_rx(uint8_t byte) {
   if (rx_count_ >= capacity()) {
-    lsr_ |= kOverrun;  // the character is lost
+    lsr_ |= kOverrun;
+    // Without FIFO the new character overwrites the unread one; with FIFO it is lost.
+    if (!fifo_enabled()) rx_[rx_head_] = byte;
     return;
   }
   rx_[(rx_head_ + rx_count_) % kFifoSize] = byte;
