@@ -132,7 +132,7 @@ PcMachine::PcMachine(MachineConfig config) : config_(std::move(config)) {
   cpu_.set_io_bus(&bus_);
   cpu_.set_interrupt_controller(pic_interface_.get());
 
-  boot();
+  boot(false);
   for (size_t i = 0; i < uarts_.size(); ++i) backends_[i]->start_input(*uarts_[i], lock_, rx_space_);
   timer_ = std::thread([this] { timer_loop(); });
 }
@@ -181,10 +181,12 @@ void PcMachine::reset_devices() {
   reset_requested_ = false;
 }
 
-void PcMachine::boot() {
-  // A reboot starts from clean RAM, as after the firmware reloads the kernel.
-  for (const emu::PhysicalRegion& r : physical_.regions())
-    if (r.kind == RegionKind::Ram) std::memset(r.host, 0, r.size);
+void PcMachine::boot(bool clear_ram) {
+  // A reboot starts from clean RAM, as after the firmware reloads the kernel
+  // (fresh RAM is already zero).
+  if (clear_ram)
+    for (const emu::PhysicalRegion& r : physical_.regions())
+      if (r.kind == RegionKind::Ram) std::memset(r.host, 0, r.size);
   reset_devices();
   const uint64_t below = std::min(config_.ram_size, physical_.regions().front().size);
   const std::string command_line = fmt::format("{} {}", config_.kernel, config_.append);
@@ -245,7 +247,7 @@ int PcMachine::run() {
     }
     if (reset) {
       if (config_.no_reboot) return 0;  // as qemu: a reset request ends the run
-      boot();
+      boot(true);
       continue;
     }
     switch (result.reason) {

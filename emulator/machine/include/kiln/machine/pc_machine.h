@@ -75,7 +75,7 @@ class PcMachine {
   // Serialises device accesses from the CPU thread, the timer thread and input threads.
   class LockedIo;
   class PicInterface;
-  void boot();
+  void boot(bool clear_ram);
   void reset_devices();
   void request_exit(int status);
   void request_reset();
