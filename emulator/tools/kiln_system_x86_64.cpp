@@ -2,6 +2,8 @@
 // Today it boots Multiboot kernels (-kernel) on the TCG-style interpreter.
 #include <fmt/format.h>
 
+#include <csignal>
+
 #include <string>
 #include <vector>
 
@@ -10,6 +12,8 @@
 #include "kiln/machine/pc_machine.h"
 
 int main(int argc, char** argv) {
+  // A closed serial peer or output pipe must not kill the emulator.
+  std::signal(SIGPIPE, SIG_IGN);
   try {
     const std::vector<std::string> args(argv + 1, argv + argc);
     kiln::machine::CommandLine command_line = kiln::machine::parse_command_line(args);

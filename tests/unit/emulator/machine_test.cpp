@@ -3,12 +3,15 @@
 // line, and whole-machine runs of tiny kernels.
 #include <gtest/gtest.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kiln/common/error.h"
@@ -656,6 +659,55 @@ TEST(CharBackends, Names) {
   EXPECT_THROW(open_char_backend("file:/nonexistent/dir/x", options), Error);
   EXPECT_THROW(open_char_backend("unix:/nonexistent/dir/sock", options), Error);  // client: nobody listens
   EXPECT_THROW(open_char_backend("unix:/tmp/x,bogus", options), Error);
+}
+
+TEST(CharBackends, UnixSocketServerCarriesBothDirections) {
+  char pattern[] = "/tmp/kiln-socket-test-XXXXXX";
+  const std::string dir = ::mkdtemp(pattern);
+  const std::string path = dir + "/com1";
+  CharBackendOptions options;
+  auto backend = open_char_backend("unix:" + path + ",server,nowait", options);
+  std::mutex lock;
+  std::condition_variable space;
+  bool irq = false;
+  Uart16550 uart(0x3f8, *backend, [&](bool level) { irq = level; }, [&] { space.notify_all(); });
+  {
+    std::lock_guard guard(lock);
+    uart.io_write(0x3f8, 1, 'x');  // nobody connected: dropped
+    uart.io_write(0x3fa, 1, 0x01);  // FIFO on
+  }
+  backend->start_input(uart, lock, space);
+
+  const int client = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  // 20 bytes: more than the receive FIFO holds, so delivery has to wait for room.
+  const std::string input = "0123456789abcdefghij";
+  ASSERT_EQ(::write(client, input.data(), input.size()), static_cast<ssize_t>(input.size()));
+  std::string received;
+  for (int i = 0; i < 2000 && received.size() < input.size(); ++i) {
+    {
+      std::lock_guard guard(lock);
+      while (uart.io_read(0x3fd, 1) & 1) received += static_cast<char>(uart.io_read(0x3f8, 1));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(received, input);
+  // The accept happened on the input thread: output now reaches the client.
+  {
+    std::lock_guard guard(lock);
+    uart.io_write(0x3f8, 1, 'o');
+    uart.io_write(0x3f8, 1, 'k');
+  }
+  char reply[2] = {};
+  ASSERT_EQ(::recv(client, reply, 2, MSG_WAITALL), 2);
+  EXPECT_EQ(std::string(reply, 2), "ok");
+  ::close(client);
+  backend.reset();  // joins the input thread, removes the socket
+  EXPECT_FALSE(std::filesystem::exists(path));
+  std::filesystem::remove_all(dir);
 }
 
 // ---- Whole machine ------------------------------------------------------------
