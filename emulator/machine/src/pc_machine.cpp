@@ -18,22 +18,36 @@ uint8_t* IdentityMappedMemory::page_pointer(uint64_t address, Access access) {
   return region->host + ((address & emu::kPageMask) - region->base);
 }
 
-// Takes the device lock around every port access from the CPU.
+// Takes the device lock around every port access from the CPU. ISA devices
+// with 8-bit registers see a wider access as consecutive byte accesses, as
+// the bus splits it (bytes beyond the device's ports float high).
 class PcMachine::LockedIo final : public emu::IoHandler {
  public:
-  LockedIo(std::mutex& lock, emu::IoHandler& device) : lock_(lock), device_(device) {}
+  LockedIo(std::mutex& lock, emu::IoHandler& device, uint16_t first, uint32_t count, bool byte_wide)
+      : lock_(lock), device_(device), first_(first), count_(count), byte_wide_(byte_wide) {}
   uint32_t io_read(uint16_t port, unsigned size) override {
     std::lock_guard guard(lock_);
-    return device_.io_read(port, size);
+    if (!byte_wide_ || size == 1) return device_.io_read(port, size);
+    uint32_t value = 0;
+    for (unsigned i = 0; i < size; ++i) {
+      const uint32_t byte = owns(port + i) ? device_.io_read(static_cast<uint16_t>(port + i), 1) & 0xff : 0xff;
+      value |= byte << (8 * i);
+    }
+    return value;
   }
   void io_write(uint16_t port, unsigned size, uint32_t value) override {
     std::lock_guard guard(lock_);
-    device_.io_write(port, size, value);
+    if (!byte_wide_ || size == 1) return device_.io_write(port, size, value);
+    for (unsigned i = 0; i < size; ++i)
+      if (owns(port + i)) device_.io_write(static_cast<uint16_t>(port + i), 1, (value >> (8 * i)) & 0xff);
   }
 
  private:
+  bool owns(uint32_t port) const { return port - first_ < count_; }
   std::mutex& lock_;
   emu::IoHandler& device_;
+  uint32_t first_, count_;
+  bool byte_wide_;
 };
 
 // The CPU's view of the PIC: pending() is a lock-free read of the INTR line
@@ -96,8 +110,8 @@ PcMachine::PcMachine(MachineConfig config) : config_(std::move(config)) {
   });
   pit_ = std::make_unique<Pit8254>(clock_, [this](bool level) { pic_.set_irq(0, level); },
                                    [this] { timer_wake_.notify_all(); });
-  auto map = [this](uint16_t first, uint32_t count, emu::IoHandler& device) {
-    locked_.push_back(std::make_unique<LockedIo>(lock_, device));
+  auto map = [this](uint16_t first, uint32_t count, emu::IoHandler& device, bool byte_wide = true) {
+    locked_.push_back(std::make_unique<LockedIo>(lock_, device, first, count, byte_wide));
     bus_.map(first, count, *locked_.back());
   };
   map(0x20, 2, pic_);
@@ -126,7 +140,7 @@ PcMachine::PcMachine(MachineConfig config) : config_(std::move(config)) {
   }
   if (config_.debug_exit) {
     debug_exit_ = std::make_unique<DebugExit>([this](int status) { request_exit(status); });
-    map(config_.debug_exit->iobase, config_.debug_exit->iosize, *debug_exit_);
+    map(config_.debug_exit->iobase, config_.debug_exit->iosize, *debug_exit_, false);  // takes the whole value
   }
   pic_interface_ = std::make_unique<PicInterface>(*this);
   cpu_.set_io_bus(&bus_);
