@@ -155,13 +155,13 @@ void restore_terminal_and_die(int signal) {
 
 class StdioBackend final : public CharBackend {
  public:
-  explicit StdioBackend(const CharBackendOptions& options) : options_(options) {
+  StdioBackend(const CharBackendOptions& options, bool mux) : options_(options), mux_(mux) {
     if (::isatty(STDIN_FILENO) && ::tcgetattr(STDIN_FILENO, &g_terminal.settings) == 0) {
       termios raw = g_terminal.settings;
       raw.c_iflag &= ~static_cast<tcflag_t>(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON);
       raw.c_oflag |= OPOST;  // keep "\n" -> "\r\n" so guest output stays readable
       raw.c_lflag &= ~static_cast<tcflag_t>(ECHO | ECHONL | ICANON | IEXTEN);
-      if (options.stdio_mux) raw.c_lflag &= ~static_cast<tcflag_t>(ISIG);  // Ctrl-C goes to the guest
+      if (mux) raw.c_lflag &= ~static_cast<tcflag_t>(ISIG);  // Ctrl-C goes to the guest
       raw.c_cc[VMIN] = 1;
       raw.c_cc[VTIME] = 0;
       g_terminal.saved = true;
@@ -187,7 +187,7 @@ class StdioBackend final : public CharBackend {
         std::vector<uint8_t> out;
         for (ssize_t i = 0; i < n; ++i) {
           const uint8_t c = buffer[i];
-          if (!options_.stdio_mux) {
+          if (!mux_) {
             out.push_back(c);
           } else if (escape) {
             escape = false;
@@ -211,6 +211,7 @@ class StdioBackend final : public CharBackend {
 
  private:
   CharBackendOptions options_;
+  bool mux_;
   InputThread input_;
 };
 
@@ -304,7 +305,8 @@ bool option_enabled(std::string_view option, std::string_view name, bool& value)
 }  // namespace
 
 std::unique_ptr<CharBackend> open_char_backend(std::string_view spec, const CharBackendOptions& options) {
-  if (spec == "stdio") return std::make_unique<StdioBackend>(options);
+  if (spec == "stdio") return std::make_unique<StdioBackend>(options, false);
+  if (spec == "mon:stdio") return std::make_unique<StdioBackend>(options, true);
   if (spec == "none" || spec == "null") return std::make_unique<NullBackend>();
   if (spec.starts_with("file:")) return std::make_unique<FileBackend>(std::string(spec.substr(5)));
   if (spec.starts_with("unix:")) {

@@ -172,7 +172,7 @@ CommandLine parse_command_line(const std::vector<std::string>& args, const std::
   app.add_option("--kernel", kernel, "Multiboot kernel to boot");
   app.add_option("--append", append, "kernel command line");
   app.add_option("--initrd", initrd, "Multiboot modules: \"file1 args,file2\"");
-  app.add_option("--serial", serial, "serial port backend: stdio, file:PATH, unix:PATH[,server,nowait], none")
+  app.add_option("--serial", serial, "serial port backend: stdio, mon:stdio, file:PATH, unix:PATH[,server,nowait], none")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--display", display, "display: none");
   app.add_option("--monitor", monitor, "monitor: none");
@@ -228,14 +228,12 @@ CommandLine parse_command_line(const std::vector<std::string>& args, const std::
   if (!log_items.empty()) c.log_mask = emu::parse_log_mask(log_items);
   c.log_file = log_file;
   c.no_reboot = no_reboot;
-  if (nographic) {
-    c.stdio_mux = true;
-    // -nographic puts the first serial port on stdio unless -serial says otherwise.
-    if (c.serial.empty()) c.serial.push_back("stdio");
-  }
+  // -nographic puts the first serial port on stdio (with qemu's Ctrl-A
+  // escapes, the monitor multiplexer's) unless -serial says otherwise.
+  if (nographic && c.serial.empty()) c.serial.push_back("mon:stdio");
   if (c.serial.size() > 4) throw invalid_argument("-serial: too many serial ports (at most 4)");
   int stdio_users = 0;
-  for (const std::string& s : c.serial) stdio_users += s == "stdio";
+  for (const std::string& s : c.serial) stdio_users += s == "stdio" || s == "mon:stdio";
   if (stdio_users > 1) throw invalid_argument("cannot use stdio by multiple character devices");
   return result;
 }

@@ -123,7 +123,7 @@ PcMachine::PcMachine(MachineConfig config) : config_(std::move(config)) {
   port92_ = std::make_unique<SystemControlPortA>([this] { request_reset(); });
   map(0x92, 1, *port92_);
   if (config_.serial.size() > 4) throw invalid_argument("-serial: too many serial ports (at most 4)");
-  CharBackendOptions backend_options{.stdio_mux = config_.stdio_mux, .on_quit = [this] {
+  CharBackendOptions backend_options{.on_quit = [this] {
                                        std::lock_guard guard(lock_);
                                        request_exit(0);
                                      }};
@@ -229,11 +229,15 @@ void PcMachine::boot(bool clear_ram) {
 }
 
 void PcMachine::timer_loop() {
+  // At most one IRQ0 per 20 us: a guest programming a tiny count must not make
+  // this thread spin (late edges coalesce in the PIT).
+  constexpr uint64_t kMinIntervalNs = 20'000;
   std::unique_lock guard(lock_);
+  uint64_t not_before = 0;
   while (!stopping_) {
-    pit_->update();
+    if (clock_.now_ns() >= not_before && pit_->update()) not_before = clock_.now_ns() + kMinIntervalNs;
     if (const std::optional<uint64_t> next = pit_->next_irq_ns())
-      timer_wake_.wait_until(guard, clock_.time_point(*next));
+      timer_wake_.wait_until(guard, clock_.time_point(std::max(*next, not_before)));
     else
       timer_wake_.wait(guard);
   }

@@ -588,7 +588,6 @@ TEST(CommandLine, QemuStyleOptions) {
   EXPECT_EQ(m.initrd, "m1 a,m2");
   EXPECT_EQ(m.ram_size, 256ull << 20);
   EXPECT_EQ(m.serial, (std::vector<std::string>{"stdio", "file:/tmp/com2"}));
-  EXPECT_TRUE(m.stdio_mux);
   EXPECT_TRUE(m.no_reboot);
   ASSERT_TRUE(m.debug_exit);
   EXPECT_EQ(m.debug_exit->iobase, 0xf4);
@@ -602,7 +601,7 @@ TEST(CommandLine, DefaultsAndNographicSerial) {
   EXPECT_EQ(c.config.ram_size, 128ull << 20);
   EXPECT_TRUE(c.config.serial.empty());
   EXPECT_FALSE(c.config.debug_exit);
-  EXPECT_EQ(parse({"-kernel", "k", "-nographic"}).config.serial, std::vector<std::string>{"stdio"});
+  EXPECT_EQ(parse({"-kernel", "k", "-nographic"}).config.serial, std::vector<std::string>{"mon:stdio"});
   EXPECT_EQ(parse({"-kernel", "k", "-nographic", "-serial", "none"}).config.serial, std::vector<std::string>{"none"});
   CommandLine d = parse({"--kernel=k", "-device", "isa-debug-exit"});
   EXPECT_EQ(d.config.kernel, "k");

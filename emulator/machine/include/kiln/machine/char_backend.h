@@ -1,6 +1,7 @@
 // Character backends behind a serial port, named as qemu's -serial argument:
-// stdio, file:PATH, none (also null), unix:PATH[,server][,nowait]
-// (qemu 7's server=on/wait=off spellings are accepted too).
+// stdio, mon:stdio (stdio with qemu's Ctrl-A escapes; there is no monitor
+// yet), file:PATH, none (also null), unix:PATH[,server][,nowait] (qemu 7's
+// server=on/wait=off spellings are accepted too).
 #pragma once
 
 #include <condition_variable>
@@ -38,10 +39,10 @@ class CharBackend {
 };
 
 struct CharBackendOptions {
-  // -nographic: stdio input interprets qemu's escapes (Ctrl-A x quits, Ctrl-A
-  // Ctrl-A sends Ctrl-A) and Ctrl-C goes to the guest.
-  bool stdio_mux = false;
-  std::function<void()> on_quit;  // Ctrl-A x
+  // mon:stdio (-nographic's default) interprets qemu's escapes on input:
+  // Ctrl-A x quits through this callback, Ctrl-A Ctrl-A sends Ctrl-A; Ctrl-C
+  // goes to the guest.
+  std::function<void()> on_quit;
 };
 
 // Opens the backend named by `spec`; kiln::Error with qemu's wording on a bad name.

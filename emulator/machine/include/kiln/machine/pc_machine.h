@@ -36,7 +36,6 @@ struct MachineConfig {
   uint64_t ram_size = 128ull << 20;
   std::string kernel, append, initrd;
   std::vector<std::string> serial;  // backend specs for COM1, COM2, ...
-  bool stdio_mux = false;           // -nographic's stdio (Ctrl-A escapes)
   std::optional<DebugExitConfig> debug_exit;
   bool no_reboot = false;
   uint32_t log_mask = 0;
