@@ -18,6 +18,7 @@ void Pic8259::reset() {
     *c = Chip{};
     c->elcr_mask = mask;
   }
+  master_.is_master = true;
   master_.vector_base = 0x08;
   master_.cascade = 1u << kCascadeLine;
   master_.imr = static_cast<uint8_t>(~(1u << kCascadeLine));
@@ -35,7 +36,7 @@ int Pic8259::Chip::highest_request() const {
   // master in special fully nested mode lets the cascade line interrupt again.
   uint8_t blocking = isr;
   if (special_mask) blocking &= static_cast<uint8_t>(~imr);
-  if (special_fully_nested && cascade && !single) blocking &= static_cast<uint8_t>(~cascade);
+  if (special_fully_nested && is_master && !single) blocking &= static_cast<uint8_t>(~cascade);
   for (unsigned i = 1; i <= 8; ++i) {
     const unsigned line = (lowest_priority + i) & 7;
     if (blocking & (1u << line)) return -1;  // an equal or higher level is in service
@@ -137,18 +138,12 @@ void Pic8259::Chip::write_data(uint8_t value) {
   }
 }
 
-uint8_t Pic8259::poll(Chip& chip, bool is_master) {
+// Poll command: the read acts as an acknowledge of this chip only (a master
+// reporting its cascade line leaves the slave to be polled next).
+uint8_t Pic8259::poll(Chip& chip) {
   chip.poll = false;
   const int line = chip.highest_request();
   if (line < 0) return 0;
-  if (is_master && line == static_cast<int>(kCascadeLine) && !chip.single) {
-    // The master's cascade request is answered by the slave's poll.
-    chip.accept(kCascadeLine);
-    const int slave_line = slave_.highest_request();
-    if (slave_line >= 0) slave_.accept(static_cast<unsigned>(slave_line));
-    update();
-    return static_cast<uint8_t>(0x80 | kCascadeLine);
-  }
   chip.accept(static_cast<unsigned>(line));
   update();
   return static_cast<uint8_t>(0x80 | line);
@@ -158,11 +153,11 @@ uint32_t Pic8259::io_read(uint16_t port, unsigned) {
   switch (port) {
     case 0x20: case 0xa0: {
       Chip& chip = port == 0x20 ? master_ : slave_;
-      if (chip.poll) return poll(chip, port == 0x20);
+      if (chip.poll) return poll(chip);
       return chip.read_isr ? chip.isr : chip.irr;
     }
-    case 0x21: return master_.poll ? poll(master_, true) : master_.imr;
-    case 0xa1: return slave_.poll ? poll(slave_, false) : slave_.imr;
+    case 0x21: return master_.poll ? poll(master_) : master_.imr;
+    case 0xa1: return slave_.poll ? poll(slave_) : slave_.imr;
     case 0x4d0: return master_.elcr;
     case 0x4d1: return slave_.elcr;
     default: return 0xff;

@@ -276,6 +276,25 @@ TEST_F(PicFixture, RotateOnNonSpecificEoi) {
   EXPECT_EQ(pic.acknowledge(), 0x24);
 }
 
+TEST_F(PicFixture, SpecialFullyNestedLetsTheSlaveNest) {
+  pulse(10);
+  EXPECT_EQ(pic.acknowledge(), 0x2a);
+  pulse(9);  // higher priority on the slave while IRQ10 is in service
+  EXPECT_FALSE(pic.output());  // fully nested: the master's IR2 is in service
+  pic.io_write(0xa0, 1, 0x20);
+  pic.io_write(0x20, 1, 0x20);
+  EXPECT_EQ(pic.acknowledge(), 0x29);
+  pic.io_write(0xa0, 1, 0x20);
+  pic.io_write(0x20, 1, 0x20);
+
+  init(0x11, 0x20, 0x28, 0x11);  // master in special fully nested mode
+  pulse(10);
+  EXPECT_EQ(pic.acknowledge(), 0x2a);
+  pulse(9);
+  EXPECT_TRUE(pic.output());
+  EXPECT_EQ(pic.acknowledge(), 0x29);
+}
+
 TEST_F(PicFixture, PollCommand) {
   pulse(6);
   pic.io_write(0x20, 1, 0x0c);

@@ -39,6 +39,7 @@ class Pic8259 : public emu::IoHandler {
     uint8_t init_step = 0;  // 0: operational; 2..4: expecting ICW2..ICW4
     bool single = false, needs_icw4 = false, level_mode = false, auto_eoi = false, rotate_on_auto_eoi = false;
     bool read_isr = false, poll = false, special_mask = false, special_fully_nested = false;
+    bool is_master = false;
     int highest_request() const;  // -1 when nothing should interrupt
     void set_line(unsigned line, bool level);
     void accept(unsigned line);   // INTA: IRR -> ISR (or auto EOI)
@@ -49,7 +50,7 @@ class Pic8259 : public emu::IoHandler {
     void init(uint8_t icw1);
   };
   void update();
-  uint8_t poll(Chip& chip, bool is_master);
+  uint8_t poll(Chip& chip);
 
   Chip master_, slave_;
   bool output_ = false;
