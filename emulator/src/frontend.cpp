@@ -778,7 +778,8 @@ void Translator::port_io(ZydisMnemonic m) {
                         : (m == ZYDIS_MNEMONIC_INSW || m == ZYDIS_MNEMONIC_OUTSW) ? 2 : 4;
   const Type t = ir::int_type(8 * size);
   const Type at = ir::int_type(insn_.address_width);
-  const bool rep = insn_.attributes & ZYDIS_ATTRIB_HAS_REP;
+  // F3 and F2 both repeat INS/OUTS.
+  const bool rep = insn_.attributes & (ZYDIS_ATTRIB_HAS_REP | ZYDIS_ATTRIB_HAS_REPNE);
   Value count;
   if (rep) {
     count = read_gpr(reg_ref(RCX, at));

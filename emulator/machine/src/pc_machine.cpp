@@ -178,6 +178,11 @@ void PcMachine::request_exit(int status) {
   wake_.notify_all();
 }
 
+void PcMachine::shutdown(int status) {
+  std::lock_guard guard(lock_);
+  request_exit(status);
+}
+
 void PcMachine::request_reset() {
   reset_requested_ = true;
   cpu_.request_exit();

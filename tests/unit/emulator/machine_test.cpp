@@ -806,6 +806,29 @@ TEST(PcMachine, ResetRequestWithNoRebootEndsTheRun) {
   EXPECT_EQ(machine.run(), 0);
 }
 
+// mov dx, 0x3f8; mov al, 'B'; out dx, al; mov al, 1; out 0x92, al; hlt
+constexpr uint8_t kBootAndResetKernel[] = {
+    0x02, 0xb0, 0xad, 0x1b, 0x00, 0x00, 0x01, 0x00, 0xfe, 0x4f, 0x51, 0xe4, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x10,
+    0x00, 0x2c, 0x00, 0x10, 0x00, 0x2c, 0x00, 0x10, 0x00, 0x20, 0x00, 0x10, 0x00, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x42,
+    0xee, 0xb0, 0x01, 0xe6, 0x92, 0xf4};
+
+TEST(PcMachine, ResetRebootsIntoTheKernelAgain) {
+  TempDir dir;
+  MachineConfig config = machine_config(dir, kBootAndResetKernel);
+  config.no_reboot = false;
+  PcMachine machine(config);
+  std::thread runner([&] { EXPECT_EQ(machine.run(), 7); });
+  std::string out;
+  for (int i = 0; i < 5000 && out.size() < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    out = read_text(dir.file("com1.txt"));
+  }
+  machine.shutdown(7);
+  runner.join();
+  EXPECT_GE(out.size(), 3u);
+  EXPECT_EQ(out.find_first_not_of('B'), std::string::npos) << out;
+}
+
 TEST(PcMachine, HaltSleepsUntilTheTimerInterrupt) {
   TempDir dir;
   int status;

@@ -66,6 +66,8 @@ class PcMachine {
   // Runs until the guest exits (isa-debug-exit), resets with -no-reboot, or
   // fails. Returns the process exit status.
   int run();
+  // Ends run() with `status` (any thread), as qemu's "quit" does.
+  void shutdown(int status);
 
   emu::Cpu& cpu() { return cpu_; }
   emu::PhysicalMemory& physical_memory() { return physical_; }
