@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstring>
 
 #include "kiln/common/error.h"
@@ -120,6 +121,10 @@ PcMachine::PcMachine(MachineConfig config) : config_(std::move(config)) {
   map(0x40, 4, *pit_);
   map(0x61, 1, *pit_);
   map(0x80, 1, post_);
+  const int64_t unix_now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::system_clock::now().time_since_epoch()).count();
+  rtc_ = std::make_unique<Mc146818Rtc>(clock_, unix_now - static_cast<int64_t>(clock_.now_ns()), config_.ram_size);
+  map(0x70, 2, *rtc_);
   port92_ = std::make_unique<SystemControlPortA>([this] { request_reset(); });
   map(0x92, 1, *port92_);
   if (config_.serial.size() > 4) throw invalid_argument("-serial: too many serial ports (at most 4)");
@@ -194,6 +199,7 @@ void PcMachine::reset_devices() {
   pic_.reset();
   interrupt_line_.store(false);
   pit_->reset();
+  // The RTC and CMOS are battery backed: they keep time and contents across resets.
   for (auto& uart : uarts_) uart->reset();
   port92_->reset();
   serial_irq_levels_ = 0;

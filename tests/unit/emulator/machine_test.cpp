@@ -22,6 +22,7 @@
 #include "kiln/machine/pc_machine.h"
 #include "kiln/machine/pic.h"
 #include "kiln/machine/pit.h"
+#include "kiln/machine/rtc.h"
 #include "kiln/machine/uart.h"
 
 namespace kiln::machine {
@@ -402,6 +403,100 @@ TEST_F(PitFixture, ChannelTwoGateAndOutputOnPort61) {
   clock.set(ns_for_ticks(600));
   EXPECT_EQ(in(0x61) & 0x20, 0x20);
   EXPECT_TRUE(irq0.empty());  // channel 2 has no interrupt
+}
+
+// ---- RTC ---------------------------------------------------------------------
+
+struct RtcFixture : ::testing::Test {
+  FakeClock clock;
+  // 2024-02-29 23:59:58 UTC, a Thursday.
+  static constexpr int64_t kStart = 1709251198ll * 1'000'000'000;
+  Mc146818Rtc rtc{clock, kStart, 64ull << 20};
+  uint8_t read(uint8_t index) {
+    rtc.io_write(0x70, 1, index);
+    return static_cast<uint8_t>(rtc.io_read(0x71, 1));
+  }
+  void write(uint8_t index, uint8_t value) {
+    rtc.io_write(0x70, 1, index);
+    rtc.io_write(0x71, 1, value);
+  }
+};
+
+TEST_F(RtcFixture, ReadsHostTimeInBcd) {
+  EXPECT_EQ(read(0x00), 0x58);
+  EXPECT_EQ(read(0x02), 0x59);
+  EXPECT_EQ(read(0x04), 0x23);
+  EXPECT_EQ(read(0x06), 5);  // Thursday (Sunday = 1)
+  EXPECT_EQ(read(0x07), 0x29);
+  EXPECT_EQ(read(0x08), 0x02);
+  EXPECT_EQ(read(0x09), 0x24);
+  EXPECT_EQ(read(0x32), 0x20);
+  clock.advance(2'000'000'000);  // across midnight into March 1st
+  EXPECT_EQ(read(0x00), 0x00);
+  EXPECT_EQ(read(0x04), 0x00);
+  EXPECT_EQ(read(0x07), 0x01);
+  EXPECT_EQ(read(0x08), 0x03);
+  EXPECT_EQ(read(0x0d), 0x80);
+  EXPECT_EQ(read(0x0c), 0x00);
+}
+
+TEST_F(RtcFixture, UpdateInProgressBitAtTheEndOfEachSecond) {
+  EXPECT_EQ(read(0x0a), 0x26);
+  clock.advance(999'800'000);
+  EXPECT_EQ(read(0x0a), 0xa6);
+  clock.advance(300'000);
+  EXPECT_EQ(read(0x0a), 0x26);
+}
+
+TEST_F(RtcFixture, SetBitFreezesAndSetsTheTime) {
+  write(0x0b, 0x82);
+  write(0x04, 0x07);
+  write(0x02, 0x30);
+  write(0x00, 0x00);
+  clock.advance(5'000'000'000);
+  EXPECT_EQ(read(0x00), 0x00);  // frozen while SET
+  write(0x0b, 0x02);
+  clock.advance(3'000'000'000);
+  EXPECT_EQ(read(0x04), 0x07);
+  EXPECT_EQ(read(0x02), 0x30);
+  EXPECT_EQ(read(0x00), 0x03);
+  EXPECT_EQ(read(0x07), 0x29);  // the date stayed
+  write(0x00, 0x10);            // a write without SET: the clock runs on from it
+  clock.advance(1'000'000'000);
+  EXPECT_EQ(read(0x00), 0x11);
+}
+
+TEST_F(RtcFixture, BinaryAndTwelveHourFormats) {
+  write(0x0b, 0x06);
+  EXPECT_EQ(read(0x04), 23);
+  EXPECT_EQ(read(0x00), 58);
+  write(0x0b, 0x00);
+  EXPECT_EQ(read(0x04), 0x80 | 0x11);  // 11 PM
+}
+
+TEST_F(RtcFixture, MemorySizeBytesAndNmiMask) {
+  EXPECT_EQ(read(0x15) | (read(0x16) << 8), 640);
+  EXPECT_EQ(read(0x17) | (read(0x18) << 8), 63 * 1024);
+  EXPECT_EQ(read(0x30) | (read(0x31) << 8), 63 * 1024);
+  EXPECT_EQ(read(0x34) | (read(0x35) << 8), 48 * 16);
+  unsigned sum = 0;
+  for (uint8_t i = 0x10; i <= 0x2d; ++i) sum += read(i);
+  EXPECT_EQ((read(0x2e) << 8) | read(0x2f), sum);
+  write(0x50, 0xab);  // plain CMOS RAM
+  EXPECT_EQ(read(0x50), 0xab);
+  rtc.io_write(0x70, 1, 0x80 | 0x50);
+  EXPECT_TRUE(rtc.nmi_masked());
+  EXPECT_EQ(rtc.io_read(0x71, 1), 0xabu);
+  Mc146818Rtc big(clock, kStart, 6ull << 30);  // 6 GiB: 3 GiB below 4 GiB, 3 GiB above
+  auto big_read = [&](uint8_t index) {
+    big.io_write(0x70, 1, index);
+    return big.io_read(0x71, 1);
+  };
+  // 3 GiB above 4 GiB in 64 KiB units: 0x00c000.
+  EXPECT_EQ(big_read(0x5b), 0x00u);
+  EXPECT_EQ(big_read(0x5c), 0xc0u);
+  EXPECT_EQ(big_read(0x5d), 0x00u);
+  EXPECT_EQ(big_read(0x30) | (big_read(0x31) << 8), 0xffffu);  // extended memory saturates
 }
 
 // ---- Multiboot ----------------------------------------------------------------

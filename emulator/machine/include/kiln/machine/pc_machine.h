@@ -1,5 +1,5 @@
 // The first PC machine: RAM, the ISA devices (8259 PIC pair, 8254 PIT with
-// port 0x61, 16550A UARTs on COM1..COM4, isa-debug-exit, ports 0x80/0x92)
+// port 0x61, MC146818 RTC/CMOS, 16550A UARTs on COM1..COM4, isa-debug-exit, ports 0x80/0x92)
 // and one CPU, booted straight into a Multiboot kernel. run() drives the CPU
 // in chunks and sleeps on a condition variable while the guest halts.
 #pragma once
@@ -23,6 +23,7 @@
 #include "kiln/machine/multiboot.h"
 #include "kiln/machine/pic.h"
 #include "kiln/machine/pit.h"
+#include "kiln/machine/rtc.h"
 #include "kiln/machine/uart.h"
 
 namespace kiln::machine {
@@ -106,6 +107,7 @@ class PcMachine {
 
   Pic8259 pic_;
   std::unique_ptr<Pit8254> pit_;
+  std::unique_ptr<Mc146818Rtc> rtc_;
   std::vector<std::unique_ptr<CharBackend>> backends_;
   std::vector<std::unique_ptr<Uart16550>> uarts_;
   std::unique_ptr<DebugExit> debug_exit_;
