@@ -307,7 +307,7 @@ bool option_enabled(std::string_view option, std::string_view name, bool& value)
 std::unique_ptr<CharBackend> open_char_backend(std::string_view spec, const CharBackendOptions& options) {
   if (spec == "stdio") return std::make_unique<StdioBackend>(options, false);
   if (spec == "mon:stdio") return std::make_unique<StdioBackend>(options, true);
-  if (spec == "none" || spec == "null") return std::make_unique<NullBackend>();
+  if (spec == "null" || spec == "none") return std::make_unique<NullBackend>();
   if (spec.starts_with("file:")) return std::make_unique<FileBackend>(std::string(spec.substr(5)));
   if (spec.starts_with("unix:")) {
     std::string_view rest = spec.substr(5);

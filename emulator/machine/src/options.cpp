@@ -231,6 +231,9 @@ CommandLine parse_command_line(const std::vector<std::string>& args, const std::
   // -nographic puts the first serial port on stdio (with qemu's Ctrl-A
   // escapes, the monitor multiplexer's) unless -serial says otherwise.
   if (nographic && c.serial.empty()) c.serial.push_back("mon:stdio");
+  // Otherwise qemu's default COM1 is a virtual console; without a display that
+  // is a UART whose output goes nowhere.
+  if (c.serial.empty()) c.serial.push_back("null");
   if (c.serial.size() > 4) throw invalid_argument("-serial: too many serial ports (at most 4)");
   int stdio_users = 0;
   for (const std::string& s : c.serial) stdio_users += s == "stdio" || s == "mon:stdio";

@@ -133,15 +133,16 @@ PcMachine::PcMachine(MachineConfig config) : config_(std::move(config)) {
                                        request_exit(0);
                                      }};
   for (size_t i = 0; i < config_.serial.size(); ++i) {
+    if (config_.serial[i] == "none") continue;  // as qemu: no device at this position
     try {
-      backends_.push_back(open_char_backend(config_.serial[i], backend_options));
+      backends_[i] = open_char_backend(config_.serial[i], backend_options);
     } catch (const Error& e) {
       throw with_context(e, fmt::format("-serial {}", config_.serial[i]));
     }
-    uarts_.push_back(std::make_unique<Uart16550>(
-        kSerialBase[i], *backends_.back(), [this, i](bool level) { set_serial_irq(static_cast<unsigned>(i), level); },
-        [this] { rx_space_.notify_all(); }));
-    map(kSerialBase[i], 8, *uarts_.back());
+    uarts_[i] = std::make_unique<Uart16550>(
+        kSerialBase[i], *backends_[i], [this, i](bool level) { set_serial_irq(static_cast<unsigned>(i), level); },
+        [this] { rx_space_.notify_all(); });
+    map(kSerialBase[i], 8, *uarts_[i]);
   }
   if (config_.debug_exit) {
     debug_exit_ = std::make_unique<DebugExit>([this](int status) { request_exit(status); });
@@ -152,7 +153,8 @@ PcMachine::PcMachine(MachineConfig config) : config_(std::move(config)) {
   cpu_.set_interrupt_controller(pic_interface_.get());
 
   boot(false);
-  for (size_t i = 0; i < uarts_.size(); ++i) backends_[i]->start_input(*uarts_[i], lock_, rx_space_);
+  for (size_t i = 0; i < uarts_.size(); ++i)
+    if (uarts_[i]) backends_[i]->start_input(*uarts_[i], lock_, rx_space_);
   timer_ = std::thread([this] { timer_loop(); });
 }
 
@@ -163,7 +165,7 @@ PcMachine::~PcMachine() {
     timer_wake_.notify_all();
   }
   if (timer_.joinable()) timer_.join();
-  backends_.clear();  // stops the input threads before the UARTs they feed go away
+  for (auto& backend : backends_) backend.reset();  // stops the input threads before the UARTs they feed go away
 }
 
 void PcMachine::set_serial_irq(unsigned index, bool level) {
@@ -173,7 +175,7 @@ void PcMachine::set_serial_irq(unsigned index, bool level) {
   const unsigned irq = kSerialIrq[index];
   bool line = false;
   for (unsigned i = 0; i < uarts_.size(); ++i)
-    if (kSerialIrq[i] == irq && (serial_irq_levels_ & (1u << i))) line = true;
+    if (uarts_[i] && kSerialIrq[i] == irq && (serial_irq_levels_ & (1u << i))) line = true;
   pic_.set_irq(irq, line);
 }
 
@@ -200,7 +202,8 @@ void PcMachine::reset_devices() {
   interrupt_line_.store(false);
   pit_->reset();
   // The RTC and CMOS are battery backed: they keep time and contents across resets.
-  for (auto& uart : uarts_) uart->reset();
+  for (auto& uart : uarts_)
+    if (uart) uart->reset();
   port92_->reset();
   serial_irq_levels_ = 0;
   reset_requested_ = false;

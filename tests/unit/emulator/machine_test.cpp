@@ -713,7 +713,7 @@ TEST(CommandLine, QemuStyleOptions) {
 TEST(CommandLine, DefaultsAndNographicSerial) {
   CommandLine c = parse({"-kernel", "k"});
   EXPECT_EQ(c.config.ram_size, 128ull << 20);
-  EXPECT_TRUE(c.config.serial.empty());
+  EXPECT_EQ(c.config.serial, std::vector<std::string>{"null"});
   EXPECT_FALSE(c.config.debug_exit);
   EXPECT_EQ(parse({"-kernel", "k", "-nographic"}).config.serial, std::vector<std::string>{"mon:stdio"});
   EXPECT_EQ(parse({"-kernel", "k", "-nographic", "-serial", "none"}).config.serial, std::vector<std::string>{"none"});
@@ -937,6 +937,33 @@ TEST(PcMachine, HaltSleepsUntilTheTimerInterrupt) {
   EXPECT_EQ(status, 1);
   const std::string out = read_text(dir.file("com1.txt"));
   EXPECT_TRUE(out == "W" || out == "I") << out;
+}
+
+TEST(PcMachine, SerialNoneLeavesThePortOut) {
+  TempDir dir;
+  MachineConfig config = machine_config(dir, kSerialExitKernel);
+  config.serial = {"none", "file:" + dir.file("com2.txt")};
+  int status;
+  {
+    PcMachine machine(config);
+    status = machine.run();
+  }
+  EXPECT_EQ(status, (0x15 << 1) | 1);
+  EXPECT_EQ(read_text(dir.file("com2.txt")), "");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("com1.txt")));
+}
+
+TEST(IdentityMappedMemory, RamRomAndHoles) {
+  emu::PhysicalMemory physical;
+  uint8_t* ram = physical.add_ram(0, 2 * emu::kPageSize);
+  const uint8_t rom[] = {1, 2, 3};
+  physical.add_rom(0x10000, emu::kPageSize, rom);
+  IdentityMappedMemory memory(physical);
+  EXPECT_EQ(memory.page_pointer(0x1234, emu::Access::Write), ram + 0x1000);
+  EXPECT_EQ(memory.page_pointer(0x10000, emu::Access::Read)[2], 3);
+  EXPECT_NE(memory.page_pointer(0x10000, emu::Access::Execute), nullptr);
+  EXPECT_EQ(memory.page_pointer(0x10000, emu::Access::Write), nullptr);
+  EXPECT_EQ(memory.page_pointer(0x5000, emu::Access::Read), nullptr);
 }
 
 TEST(PcMachine, BadKernels) {

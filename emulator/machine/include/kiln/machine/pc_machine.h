@@ -4,6 +4,7 @@
 // in chunks and sleeps on a condition variable while the guest halts.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -36,7 +37,8 @@ struct DebugExitConfig {
 struct MachineConfig {
   uint64_t ram_size = 128ull << 20;
   std::string kernel, append, initrd;
-  std::vector<std::string> serial;  // backend specs for COM1, COM2, ...
+  // Backend specs for COM1, COM2, ... ("none": no UART at that position).
+  std::vector<std::string> serial;
   std::optional<DebugExitConfig> debug_exit;
   bool no_reboot = false;
   uint32_t log_mask = 0;
@@ -108,8 +110,9 @@ class PcMachine {
   Pic8259 pic_;
   std::unique_ptr<Pit8254> pit_;
   std::unique_ptr<Mc146818Rtc> rtc_;
-  std::vector<std::unique_ptr<CharBackend>> backends_;
-  std::vector<std::unique_ptr<Uart16550>> uarts_;
+  // COM1..COM4 (null where -serial none or not given).
+  std::array<std::unique_ptr<CharBackend>, 4> backends_;
+  std::array<std::unique_ptr<Uart16550>, 4> uarts_;
   std::unique_ptr<DebugExit> debug_exit_;
   PostPort post_;
   std::unique_ptr<SystemControlPortA> port92_;
