@@ -216,6 +216,17 @@ void PcMachine::boot(bool clear_ram) {
     for (const emu::PhysicalRegion& r : physical_.regions())
       if (r.kind == RegionKind::Ram) std::memset(r.host, 0, r.size);
   reset_devices();
+  {
+    // What PC firmware leaves behind for the kernel (the state qemu's SeaBIOS
+    // hands over): PIT channel 0 at 18.2 Hz in mode 2, the interrupts it uses
+    // unmasked (IRQ0-2, 6, 8, 12-14) with vectors 0x08 and 0x70.
+    std::lock_guard guard(lock_);
+    pit_->io_write(0x43, 1, 0x34);
+    pit_->io_write(0x40, 1, 0);
+    pit_->io_write(0x40, 1, 0);
+    pic_.io_write(0x21, 1, 0xb8);
+    pic_.io_write(0xa1, 1, 0x8e);
+  }
   const uint64_t below = std::min(config_.ram_size, physical_.regions().front().size);
   const std::string command_line = fmt::format("{} {}", config_.kernel, config_.append);
   const MultibootBoot boot = load_multiboot(physical_, kernel_, command_line, modules_, below, config_.ram_size - below);

@@ -21,10 +21,10 @@ void Pic8259::reset() {
   master_.is_master = true;
   master_.vector_base = 0x08;
   master_.cascade = 1u << kCascadeLine;
-  master_.imr = static_cast<uint8_t>(~(1u << kCascadeLine));
+  master_.imr = 0xff;
   slave_.vector_base = 0x70;
   slave_.cascade = kCascadeLine;  // slave identity
-  slave_.imr = 0xff;
+  slave_.imr = 0xff;  // all masked until programmed
   output_ = false;
 }
 

@@ -22,13 +22,21 @@ Pit8254::Pit8254(const Clock& clock, std::function<void(bool)> irq0, std::functi
   reset();
 }
 
+// Power-on state as qemu models it: every channel in mode 3 with count 65536,
+// channels 0 and 1 running, channel 2's gate (port 0x61 bit 0) low.
 void Pit8254::reset() {
-  for (Channel& c : channels_) c = Channel{};
-  channels_[2].gate = false;  // port 0x61 bit 0 starts clear
   speaker_data_ = false;
   if (irq_level_ && irq0_) irq0_(false);
   irq_level_ = false;
-  next_irq_tick_.reset();
+  for (unsigned i = 0; i < 3; ++i) {
+    Channel& c = channels_[i];
+    c = Channel{};
+    c.mode = 3;
+    c.gate = i != 2;
+    load(c, 0);
+  }
+  next_irq_tick_ = next_edge_tick(channels_[0], ticks());
+  if (reprogrammed_) reprogrammed_();
 }
 
 uint64_t Pit8254::ticks() const {

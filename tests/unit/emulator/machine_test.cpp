@@ -322,8 +322,17 @@ struct PitFixture : ::testing::Test {
   }
 };
 
+TEST_F(PitFixture, PowerOnState) {
+  // Channel 0 runs in mode 3 with count 65536 (18.2 Hz); channel 2's gate is low, OUT high.
+  ASSERT_TRUE(pit.next_irq_ns());
+  EXPECT_EQ(*pit.next_irq_ns(), ns_for_ticks(0x10000));
+  out(0x43, 0xc2 | 0x08);  // read-back status of channels 0 and 2
+  EXPECT_EQ(in(0x40), 0x80 | 0x36);
+  EXPECT_EQ(in(0x42), 0x80 | 0x36);
+  EXPECT_EQ(in(0x61) & 0x21, 0x20);
+}
+
 TEST_F(PitFixture, RateGeneratorRaisesIrq0EveryPeriod) {
-  EXPECT_FALSE(pit.next_irq_ns());
   out(0x43, 0x34);
   out(0x40, 1000 & 0xff);
   out(0x40, 1000 >> 8);
@@ -390,7 +399,6 @@ TEST_F(PitFixture, SquareWaveCountsByTwo) {
 }
 
 TEST_F(PitFixture, ChannelTwoGateAndOutputOnPort61) {
-  EXPECT_EQ(in(0x61) & 0x21, 0x00);
   out(0x43, 0xb0);  // channel 2, lobyte/hibyte, mode 0
   out(0x42, 100);
   out(0x42, 0);

@@ -26,7 +26,8 @@ class Pic8259 : public emu::IoHandler {
   uint8_t acknowledge();
   // Called with the new INTR level whenever it changes.
   void set_output_callback(std::function<void(bool)> callback) { on_output_ = std::move(callback); }
-  // Power-on state as a BIOS leaves it: vectors 0x08/0x70, cascade on IRQ2, all masked but IRQ2.
+  // Power-on state: initialised as a PC BIOS does (vectors 0x08/0x70, cascade
+  // on IRQ2, 8086 mode), every line masked.
   void reset();
 
   uint32_t io_read(uint16_t port, unsigned size) override;
