@@ -185,6 +185,8 @@ void PcMachine::request_exit(int status) {
   wake_.notify_all();
 }
 
+emu::InterruptController& PcMachine::interrupt_controller() { return *pic_interface_; }
+
 void PcMachine::shutdown(int status) {
   std::lock_guard guard(lock_);
   request_exit(status);

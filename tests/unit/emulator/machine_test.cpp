@@ -947,6 +947,30 @@ TEST(PcMachine, HaltSleepsUntilTheTimerInterrupt) {
   EXPECT_TRUE(out == "W" || out == "I") << out;
 }
 
+TEST(PcMachine, DevicesReachTheCpuThroughThePic) {
+  TempDir dir;
+  MachineConfig config = machine_config(dir, kSerialExitKernel);
+  config.serial.push_back("null");  // COM2 on IRQ3
+  PcMachine machine(config);
+  emu::IoBus& bus = *machine.cpu().io_bus();
+  emu::InterruptController& pic = machine.interrupt_controller();
+  EXPECT_EQ(bus.read(0x21, 1), 0xb8u);  // firmware mask: IRQ3 and IRQ4 masked
+  bus.write(0x3f9, 1, 0x02);           // COM1: THR-empty interrupt
+  EXPECT_FALSE(pic.pending());
+  bus.write(0x21, 1, 0xa8);  // unmask IRQ4
+  EXPECT_TRUE(pic.pending());
+  EXPECT_EQ(pic.acknowledge(), 0x0c);  // vector base 0x08 + 4
+  EXPECT_FALSE(pic.pending());
+  EXPECT_EQ(bus.read(0x3fa, 1), 0x02u);  // IIR: THR empty, acknowledged by the read
+  bus.write(0x20, 1, 0x20);
+  EXPECT_FALSE(pic.pending());
+  bus.write(0x2f9, 1, 0x02);  // COM2 raises IRQ3
+  bus.write(0x21, 1, 0xa0);
+  EXPECT_TRUE(pic.pending());
+  EXPECT_EQ(pic.acknowledge(), 0x0b);
+  EXPECT_EQ(bus.read(0x3fb, 2), 0x0000u);  // 16-bit read: LCR and MCR of COM1, split into bytes
+}
+
 TEST(PcMachine, SerialNoneLeavesThePortOut) {
   TempDir dir;
   MachineConfig config = machine_config(dir, kSerialExitKernel);

@@ -73,6 +73,8 @@ class PcMachine {
   void shutdown(int status);
 
   emu::Cpu& cpu() { return cpu_; }
+  // What the CPU sees of the PIC (also set on the Cpu).
+  emu::InterruptController& interrupt_controller();
   emu::PhysicalMemory& physical_memory() { return physical_; }
 
  private:
