@@ -20,17 +20,11 @@ namespace kiln::machine {
 
 namespace {
 
-// Writes everything or gives up on the first error (a closed peer).
-bool write_all(int fd, std::span<const uint8_t> bytes) {
+// Writes everything or gives up on the first error (a closed peer). Sockets
+// use send() so a vanished peer cannot raise SIGPIPE.
+bool write_all(int fd, std::span<const uint8_t> bytes, bool socket = false) {
   while (!bytes.empty()) {
-    const ssize_t n = fd >= 0 ? ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) : -1;
-    if (n < 0 && errno == ENOTSOCK) {
-      const ssize_t w = ::write(fd, bytes.data(), bytes.size());
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) return false;
-      bytes = bytes.subspan(static_cast<size_t>(w));
-      continue;
-    }
+    const ssize_t n = socket ? ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) : ::write(fd, bytes.data(), bytes.size());
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
     bytes = bytes.subspan(static_cast<size_t>(n));
@@ -250,7 +244,7 @@ class UnixSocketBackend final : public CharBackend {
   }
   void write(std::span<const uint8_t> bytes) override {
     std::lock_guard guard(connection_mutex_);
-    if (connection_.get() >= 0 && !write_all(connection_.get(), bytes)) connection_.reset();
+    if (connection_.get() >= 0 && !write_all(connection_.get(), bytes, true)) connection_.reset();
   }
   void start_input(CharReceiver& receiver, std::mutex& lock, std::condition_variable& space) override {
     input_.bind(lock, space);
