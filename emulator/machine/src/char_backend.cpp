@@ -186,7 +186,8 @@ class StdioBackend final : public CharBackend {
           } else if (escape) {
             escape = false;
             if (c == 'x') {
-              const char* msg = "QEMU: Terminated\r\n";
+              input_.deliver(receiver, out);  // what came before the escape still reaches the guest
+              const char* msg = "kiln-system-x86_64: Terminated\r\n";
               (void)!::write(STDERR_FILENO, msg, std::strlen(msg));
               if (options_.on_quit) options_.on_quit();
               return;

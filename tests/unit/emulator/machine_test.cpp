@@ -7,7 +7,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -829,6 +832,41 @@ TEST(CharBackends, UnixSocketServerCarriesBothDirections) {
   backend.reset();  // joins the input thread, removes the socket
   EXPECT_FALSE(std::filesystem::exists(path));
   std::filesystem::remove_all(dir);
+}
+
+// mon:stdio reads standard input: point fd 0 at a pipe for the test.
+TEST(CharBackends, MonStdioEscapes) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const int saved_stdin = ::dup(STDIN_FILENO);
+  ASSERT_GE(saved_stdin, 0);
+  ASSERT_EQ(::dup2(fds[0], STDIN_FILENO), STDIN_FILENO);
+  ::close(fds[0]);
+  std::atomic<bool> quit{false};
+  CharBackendOptions options;
+  options.on_quit = [&] { quit = true; };
+  {
+    auto backend = open_char_backend("mon:stdio", options);
+    std::mutex lock;
+    std::condition_variable space;
+    RecordingBackend unused;
+    Uart16550 uart(0x3f8, unused, {}, [&] { space.notify_all(); });
+    uart.io_write(0x3fa, 1, 0x01);  // FIFO
+    backend->start_input(uart, lock, space);
+    const char input[] = "a\x01\x01" "b\x03\x01x" "ignored";
+    ASSERT_EQ(::write(fds[1], input, sizeof input - 1), static_cast<ssize_t>(sizeof input - 1));
+    for (int i = 0; i < 2000 && !quit; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_TRUE(quit);
+    std::string received;
+    {
+      std::lock_guard guard(lock);
+      while (uart.io_read(0x3fd, 1) & 1) received += static_cast<char>(uart.io_read(0x3f8, 1));
+    }
+    EXPECT_EQ(received, "a\x01" "b\x03");  // Ctrl-A Ctrl-A is one Ctrl-A; Ctrl-C goes to the guest
+  }
+  ::close(fds[1]);
+  ::dup2(saved_stdin, STDIN_FILENO);
+  ::close(saved_stdin);
 }
 
 // ---- Whole machine ------------------------------------------------------------
