@@ -132,7 +132,6 @@ CommandLine parse_command_line(const std::vector<std::string>& args, const std::
   // qemu spells long options with one dash and values may start with '-':
   // normalise to "--name=value" for CLI11.
   std::vector<std::string> normalised;
-  std::vector<std::string> order;  // options in command-line order for -serial/-device
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg.size() < 2 || arg[0] != '-') throw invalid_argument("{}: disk images are not supported yet", arg);

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <new>
 
 #include "kiln/common/error.h"
 
@@ -92,8 +93,12 @@ PcMachine::PcMachine(MachineConfig config) : config_(std::move(config)) {
   }
 
   const uint64_t below = config_.ram_size >= kLowRamCutoff ? kRamBelow4gLimit : config_.ram_size;
-  physical_.add_ram(0, below);
-  if (config_.ram_size > below) physical_.add_ram(k4GiB, config_.ram_size - below);
+  try {
+    physical_.add_ram(0, below);
+    if (config_.ram_size > below) physical_.add_ram(k4GiB, config_.ram_size - below);
+  } catch (const std::bad_alloc&) {
+    throw system_error(ENOMEM, "cannot set up guest memory 'pc.ram'");  // qemu's wording
+  }
 
   if (!config_.log_file.empty()) {
     log_.reset(std::fopen(config_.log_file.c_str(), "w"));
