@@ -128,7 +128,9 @@ PcMachine::PcMachine(MachineConfig config) : config_(std::move(config)) {
   map(0x80, 1, post_);
   const int64_t unix_now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                                std::chrono::system_clock::now().time_since_epoch()).count();
-  rtc_ = std::make_unique<Mc146818Rtc>(clock_, unix_now - static_cast<int64_t>(clock_.now_ns()), config_.ram_size);
+  rtc_ = std::make_unique<Mc146818Rtc>(
+      clock_, unix_now - static_cast<int64_t>(clock_.now_ns()), config_.ram_size,
+      [this](bool level) { pic_.set_irq(8, level); }, [this] { timer_wake_.notify_all(); });
   map(0x70, 2, *rtc_);
   port92_ = std::make_unique<SystemControlPortA>([this] { request_reset(); });
   map(0x92, 1, *port92_);
@@ -261,14 +263,21 @@ void PcMachine::boot(bool clear_ram) {
 }
 
 void PcMachine::timer_loop() {
-  // At most one IRQ0 per 20 us: a guest programming a tiny count must not make
-  // this thread spin (late edges coalesce in the PIT).
+  // The PIT (IRQ0) and RTC (IRQ8) deadlines. At most one interrupt per 20 us:
+  // a guest programming a tiny period must not make this thread spin (late
+  // events coalesce in the devices).
   constexpr uint64_t kMinIntervalNs = 20'000;
   std::unique_lock guard(lock_);
   uint64_t not_before = 0;
   while (!stopping_) {
-    if (clock_.now_ns() >= not_before && pit_->update()) not_before = clock_.now_ns() + kMinIntervalNs;
-    if (const std::optional<uint64_t> next = pit_->next_irq_ns())
+    if (clock_.now_ns() >= not_before) {
+      const bool pit_raised = pit_->update();
+      const bool rtc_raised = rtc_->update();
+      if (pit_raised || rtc_raised) not_before = clock_.now_ns() + kMinIntervalNs;
+    }
+    std::optional<uint64_t> next = pit_->next_irq_ns();
+    if (const std::optional<uint64_t> rtc_next = rtc_->next_event_ns()) next = next ? std::min(*next, *rtc_next) : *rtc_next;
+    if (next)
       timer_wake_.wait_until(guard, clock_.time_point(std::max(*next, not_before)));
     else
       timer_wake_.wait(guard);

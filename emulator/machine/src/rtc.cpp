@@ -8,7 +8,11 @@ namespace {
 
 constexpr unsigned kSeconds = 0x00, kMinutes = 0x02, kHours = 0x04, kWeekday = 0x06, kDay = 0x07, kMonth = 0x08,
                    kYear = 0x09, kRegA = 0x0a, kRegB = 0x0b, kRegC = 0x0c, kRegD = 0x0d, kCentury = 0x32;
-constexpr uint8_t kRegBSet = 0x80, kRegBBinary = 0x04, kRegB24Hour = 0x02;
+constexpr uint8_t kRegBSet = 0x80, kRegBPeriodicIe = 0x40, kRegBAlarmIe = 0x20, kRegBUpdateIe = 0x10,
+                  kRegBBinary = 0x04, kRegB24Hour = 0x02;
+constexpr uint8_t kFlagIrq = 0x80, kFlagPeriodic = 0x40, kFlagAlarm = 0x20, kFlagUpdate = 0x10;
+constexpr int64_t kNsPerSecond = 1'000'000'000;
+constexpr int64_t kMaxAlarmScan = 86400;  // an alarm recurs at least daily
 constexpr int64_t kUpdateInProgressNs = 244'000;  // UIP is set this long before each update
 
 // Days since 1970-01-01 of a civil date, and back (proleptic Gregorian).
@@ -34,9 +38,88 @@ void civil_from_days(int64_t z, int64_t& y, unsigned& m, unsigned& d) {
 
 }  // namespace
 
-Mc146818Rtc::Mc146818Rtc(const Clock& clock, int64_t unix_ns_at_zero, uint64_t ram_size)
-    : clock_(clock), unix_ns_at_zero_(unix_ns_at_zero), ram_size_(ram_size) {
+Mc146818Rtc::Mc146818Rtc(const Clock& clock, int64_t unix_ns_at_zero, uint64_t ram_size,
+                         std::function<void(bool)> irq8, std::function<void()> reprogrammed)
+    : clock_(clock), unix_ns_at_zero_(unix_ns_at_zero), ram_size_(ram_size), irq8_(std::move(irq8)),
+      reprogrammed_(std::move(reprogrammed)) {
   reset();
+}
+
+// Periodic interrupt period from register A's rate select (only with the
+// 32.768 kHz time base running): 2^(rate-1) / 32768 s; rates 1 and 2 act as 8 and 9.
+uint64_t Mc146818Rtc::periodic_ns() const {
+  unsigned rate = cmos_[kRegA] & 0x0f;
+  if (rate == 0 || (cmos_[kRegA] & 0x70) != 0x20) return 0;
+  if (rate < 3) rate += 7;
+  return (uint64_t{1} << (rate - 1)) * kNsPerSecond / 32768;
+}
+
+bool Mc146818Rtc::alarm_matches(int64_t seconds) {
+  load_time_registers(seconds);
+  // Alarm bytes with the two top bits set match any value.
+  auto match = [&](unsigned alarm, unsigned time) { return (cmos_[alarm] & 0xc0) == 0xc0 || cmos_[alarm] == cmos_[time]; };
+  return match(0x01, kSeconds) && match(0x03, kMinutes) && match(0x05, kHours);
+}
+
+void Mc146818Rtc::collect_flags() {
+  const uint64_t now = clock_.now_ns();
+  if (now <= flags_since_ns_) return;
+  if (const uint64_t period = periodic_ns(); period && now / period > flags_since_ns_ / period)
+    pending_flags_ |= kFlagPeriodic;
+  if (!(cmos_[kRegB] & kRegBSet)) {
+    // Updates happen at each second boundary of the wall clock.
+    const auto second_of = [&](uint64_t t) {
+      const int64_t ns = unix_ns_at_zero_ + static_cast<int64_t>(t);
+      return (ns >= 0 ? ns : ns - (kNsPerSecond - 1)) / kNsPerSecond;
+    };
+    const int64_t first = second_of(flags_since_ns_) + 1, last = second_of(now);
+    if (last >= first) {
+      pending_flags_ |= kFlagUpdate;
+      const std::array<uint8_t, 128> saved = cmos_;  // alarm_matches() loads the time registers
+      for (int64_t s = std::max(first, last - kMaxAlarmScan + 1); s <= last; ++s)
+        if (alarm_matches(s + offset_seconds_)) {
+          pending_flags_ |= kFlagAlarm;
+          break;
+        }
+      cmos_ = saved;
+    }
+  }
+  flags_since_ns_ = now;
+}
+
+uint8_t Mc146818Rtc::interrupt_flags() const {
+  const uint8_t enabled = cmos_[kRegB] & (kRegBPeriodicIe | kRegBAlarmIe | kRegBUpdateIe);
+  return (pending_flags_ & enabled) ? kFlagIrq : 0;  // the IE bits line up with PF, AF, UF
+}
+
+void Mc146818Rtc::update_irq() {
+  const bool level = interrupt_flags() != 0;
+  if (level != irq_level_) {
+    irq_level_ = level;
+    if (irq8_) irq8_(level);
+  }
+}
+
+bool Mc146818Rtc::update() {
+  const bool was = irq_level_;
+  collect_flags();
+  update_irq();
+  return irq_level_ && !was;
+}
+
+std::optional<uint64_t> Mc146818Rtc::next_event_ns() const {
+  if (irq_level_) return std::nullopt;  // nothing more to signal until register C is read
+  const uint64_t now = clock_.now_ns();
+  std::optional<uint64_t> next;
+  if (const uint64_t period = periodic_ns(); period && (cmos_[kRegB] & kRegBPeriodicIe))
+    next = (now / period + 1) * period;
+  if ((cmos_[kRegB] & (kRegBAlarmIe | kRegBUpdateIe)) && !(cmos_[kRegB] & kRegBSet)) {
+    const int64_t wall = unix_ns_at_zero_ + static_cast<int64_t>(now);
+    const int64_t into = ((wall % kNsPerSecond) + kNsPerSecond) % kNsPerSecond;
+    const uint64_t boundary = now + static_cast<uint64_t>(kNsPerSecond - into);
+    next = next ? std::min(*next, boundary) : boundary;
+  }
+  return next;
 }
 
 void Mc146818Rtc::reset() {
@@ -68,6 +151,10 @@ void Mc146818Rtc::reset() {
   cmos_[0x2f] = static_cast<uint8_t>(sum);
   index_ = 0;
   nmi_masked_ = false;
+  pending_flags_ = 0;
+  flags_since_ns_ = clock_.now_ns();
+  if (irq_level_ && irq8_) irq8_(false);
+  irq_level_ = false;
 }
 
 int64_t Mc146818Rtc::now_seconds() const {
@@ -133,15 +220,35 @@ uint8_t Mc146818Rtc::read_register(unsigned index) {
       const bool uip = !setting && into_second >= 1'000'000'000 - kUpdateInProgressNs;
       return static_cast<uint8_t>((cmos_[kRegA] & 0x7f) | (uip ? 0x80 : 0));
     }
-    case kRegC: return 0;  // no interrupt flags: IRQ8 sources are not modelled yet
+    case kRegC: {
+      // Reading C returns and clears the flags, and drops IRQ8.
+      collect_flags();
+      const uint8_t value = static_cast<uint8_t>(pending_flags_ | interrupt_flags());
+      pending_flags_ = 0;
+      update_irq();
+      if (reprogrammed_) reprogrammed_();
+      return value;
+    }
     default: return cmos_[index];
   }
 }
 
 void Mc146818Rtc::write_register(unsigned index, uint8_t value) {
   switch (index) {
-    case kRegA: cmos_[kRegA] = value & 0x7f; return;  // UIP is read-only
+    case kRegA:
+      collect_flags();
+      cmos_[kRegA] = value & 0x7f;  // UIP is read-only
+      if (reprogrammed_) reprogrammed_();
+      return;
     case kRegB: {
+      collect_flags();
+      struct Notify {
+        Mc146818Rtc& rtc;
+        ~Notify() {
+          rtc.update_irq();  // enabling an interrupt whose flag is already set raises IRQ8
+          if (rtc.reprogrammed_) rtc.reprogrammed_();
+        }
+      } notify{*this};
       const bool was_setting = cmos_[kRegB] & kRegBSet;
       const bool setting = value & kRegBSet;
       if (!was_setting && setting) load_time_registers(now_seconds());  // freeze the registers

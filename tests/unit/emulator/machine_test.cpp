@@ -448,7 +448,62 @@ TEST_F(RtcFixture, ReadsHostTimeInBcd) {
   EXPECT_EQ(read(0x07), 0x01);
   EXPECT_EQ(read(0x08), 0x03);
   EXPECT_EQ(read(0x0d), 0x80);
+  // Periodic ticks, an update, and the alarm (its registers are 00:00:00) matched at midnight.
+  EXPECT_EQ(read(0x0c), 0x70);
   EXPECT_EQ(read(0x0c), 0x00);
+}
+
+TEST_F(RtcFixture, InterruptFlagsAndIrq8) {
+  std::vector<bool> irq8;
+  int reprogrammed = 0;
+  Mc146818Rtc r(clock, kStart + 500'000'000, 64ull << 20, [&](bool level) { irq8.push_back(level); },
+                [&] { ++reprogrammed; });
+  auto rd = [&](uint8_t i) {
+    r.io_write(0x70, 1, i);
+    return static_cast<uint8_t>(r.io_read(0x71, 1));
+  };
+  auto wr = [&](uint8_t i, uint8_t v) {
+    r.io_write(0x70, 1, i);
+    r.io_write(0x71, 1, v);
+  };
+  EXPECT_FALSE(r.next_event_ns());  // no interrupt enabled
+  // Update-ended interrupt: due at the next second boundary (0.5 s away).
+  wr(0x0b, 0x12);
+  EXPECT_GT(reprogrammed, 0);
+  ASSERT_TRUE(r.next_event_ns());
+  EXPECT_EQ(*r.next_event_ns(), 500'000'000u);
+  clock.set(499'999'999);
+  EXPECT_FALSE(r.update());
+  clock.set(500'000'000);
+  EXPECT_TRUE(r.update());
+  ASSERT_EQ(irq8.size(), 1u);
+  EXPECT_TRUE(irq8.back());
+  EXPECT_EQ(rd(0x0c) & 0x90, 0x90);  // IRQF and UF (PF runs too: rate 6 is the default)
+  EXPECT_FALSE(irq8.back());
+  // Periodic at 1024 Hz (rate 6): PF after a period, IRQ8 with PIE.
+  wr(0x0b, 0x42);
+  ASSERT_TRUE(r.next_event_ns());
+  EXPECT_EQ(*r.next_event_ns(), 500'000'000u + 976'562u - 500'000'000u % 976'562u);
+  clock.advance(1'000'000);
+  EXPECT_TRUE(r.update());
+  EXPECT_EQ(rd(0x0c) & 0xc0, 0xc0);
+  wr(0x0a, 0x20);  // rate 0: no periodic flag any more
+  clock.advance(10'000'000);
+  EXPECT_EQ(rd(0x0c) & 0x40, 0x00);
+  // Alarm at hh:mm:ss = 00:00:05: the wall clock passes midnight at clock time 1.5 s.
+  wr(0x0b, 0x02);
+  wr(0x01, 0x05);
+  wr(0x03, 0x00);
+  wr(0x05, 0xc0);  // any hour
+  rd(0x0c);
+  clock.set(6'400'000'000);
+  EXPECT_EQ(rd(0x0c) & 0x20, 0x00);
+  clock.set(6'600'000'000);
+  EXPECT_EQ(rd(0x0c) & 0xa0, 0x20);  // AF, no IRQF without AIE
+  wr(0x0b, 0x22);                    // AIE: the next match raises IRQ8 (a day later)
+  clock.set(6'600'000'000 + 86'400'000'000'000);
+  EXPECT_TRUE(r.update());
+  EXPECT_EQ(rd(0x0c) & 0xa0, 0xa0);
 }
 
 TEST_F(RtcFixture, UpdateInProgressBitAtTheEndOfEachSecond) {
