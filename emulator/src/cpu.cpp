@@ -567,6 +567,12 @@ RunResult Cpu::run(uint64_t max_insns) {
       result.reason = state.stop_request & kStopHalt ? StopReason::Halt : StopReason::Syscall;
       return result;
     }
+    // A device or timer thread asked for attention (interrupt, exit, reset).
+    if (exit_request_.load(std::memory_order_acquire)) [[unlikely]] {
+      exit_request_.store(false, std::memory_order_relaxed);
+      result.reason = StopReason::ExitRequest;
+      return result;
+    }
   }
   result.reason = StopReason::InsnLimit;
   return result;

@@ -256,6 +256,7 @@ class Translator {
   void bit_test(ZydisMnemonic m);
   void bit_scan(ZydisMnemonic m);
   void string_op(ZydisMnemonic m);
+  void port_io(ZydisMnemonic m);
   void cmpxchg();
   void cmpxchg_wide(bool is16b);
   void xadd();
@@ -765,6 +766,60 @@ void Translator::string_op(ZydisMnemonic m) {
   }
   b_.emit(Op::ExitIf, Type::Void, {done}, next_pc_);
   end_exit(pc_);  // next iteration
+}
+
+// IN/OUT/INS/OUTS through the port I/O helpers, which check IOPL and the TSS
+// I/O bitmap. User-mode runs have no devices: there they stay #UD.
+void Translator::port_io(ZydisMnemonic m) {
+  if (!mode_.system) return raise(Vector::UD);
+  if (m == ZYDIS_MNEMONIC_IN || m == ZYDIS_MNEMONIC_OUT) {
+    const bool in = m == ZYDIS_MNEMONIC_IN;
+    const ZydisDecodedOperand& port_op = ops_[in ? 1 : 0];
+    const GprRef acc = gpr(ops_[in ? 0 : 1].reg.value);
+    Value port = port_op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? c64(port_op.imm.value.u & 0xff)
+                                                              : b_.zext(read_gpr(reg_ref(RDX, Type::I16)), Type::I64);
+    Value size = c64(ir::type_bits(acc.type) / 8);
+    if (in) return write_gpr(acc, b_.zext(helper(HelperId::PortIn, {port, size}), acc.type));
+    helper(HelperId::PortOut, {port, size, b_.zext(read_gpr(acc), Type::I64)});
+    return end_exit(next_pc_);  // device side effects (interrupts, exit requests) are seen at once
+  }
+  const bool in = m == ZYDIS_MNEMONIC_INSB || m == ZYDIS_MNEMONIC_INSW || m == ZYDIS_MNEMONIC_INSD;
+  const unsigned size = (m == ZYDIS_MNEMONIC_INSB || m == ZYDIS_MNEMONIC_OUTSB) ? 1
+                        : (m == ZYDIS_MNEMONIC_INSW || m == ZYDIS_MNEMONIC_OUTSW) ? 2 : 4;
+  const Type t = ir::int_type(8 * size);
+  const Type at = ir::int_type(insn_.address_width);
+  // F3 and F2 both repeat INS/OUTS.
+  const bool rep = insn_.attributes & (ZYDIS_ATTRIB_HAS_REP | ZYDIS_ATTRIB_HAS_REPNE);
+  Value count;
+  if (rep) {
+    count = read_gpr(reg_ref(RCX, at));
+    b_.emit(Op::ExitIf, Type::Void, {b_.cmp(Op::CmpEq, count, c(at, 0))}, next_pc_);
+  }
+  Value port = b_.zext(read_gpr(reg_ref(RDX, Type::I16)), Type::I64);
+  Value delta = b_.zext(df_delta(size), at);
+  if (in) {
+    // INS writes ES:rDI (no override); the helper checks the destination before reading the port.
+    Value rdi = read_gpr(reg_ref(RDI, at));
+    helper(HelperId::PortInString, {port, c64(size), linear(b_.zext(rdi, Type::I64), ZYDIS_REGISTER_ES)});
+    write_gpr(reg_ref(RDI, at), b_.add(rdi, delta));
+  } else {
+    ZydisRegister seg = ZYDIS_REGISTER_DS;  // OUTS reads DS:rSI, segment override allowed
+    for (unsigned i = 0; i < insn_.operand_count; ++i)
+      if (ops_[i].type == ZYDIS_OPERAND_TYPE_MEMORY) seg = ops_[i].mem.segment;
+    helper(HelperId::PortCheck, {port, c64(size)});  // #GP for the port comes before a memory fault
+    Value rsi = read_gpr(reg_ref(RSI, at));
+    Value v = b_.load(t, linear(b_.zext(rsi, Type::I64), seg));
+    helper(HelperId::PortOut, {port, c64(size), b_.zext(v, Type::I64)});
+    write_gpr(reg_ref(RSI, at), b_.add(rsi, delta));
+  }
+  if (!rep) {
+    if (!in) end_exit(next_pc_);
+    return;
+  }
+  Value left = b_.sub(count, c(at, 1));
+  write_gpr(reg_ref(RCX, at), left);
+  b_.emit(Op::ExitIf, Type::Void, {b_.cmp(Op::CmpEq, left, c(at, 0))}, next_pc_);
+  end_exit(pc_);  // next iteration (interruptible between iterations)
 }
 
 void Translator::cmpxchg() {
@@ -1977,6 +2032,9 @@ void Translator::translate_insn() {
       // Without an IDT (user mode) a software interrupt is reported as its vector, as a trap.
       return raise(static_cast<Vector>(ops_[0].imm.value.u & 0xff), 0, insn_.length);
     case ZYDIS_MNEMONIC_UD0: case ZYDIS_MNEMONIC_UD1: case ZYDIS_MNEMONIC_UD2: return raise(Vector::UD);
+    case ZYDIS_MNEMONIC_IN: case ZYDIS_MNEMONIC_OUT: case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW:
+    case ZYDIS_MNEMONIC_INSD: case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD:
+      return port_io(m);
     case ZYDIS_MNEMONIC_HLT:
       if (mode_.system) system(SystemOp::RequireCpl0);
       helper(HelperId::Halt, {});

@@ -320,6 +320,8 @@ constexpr HelperInfo kHelpers[] = {
     {"fxrstor", ir::Type::Void, helper_fxrstor},   {"maskmove", ir::Type::Void, helper_maskmove},
     {"pcmpstr", ir::Type::Void, helper_string_compare},
     {"system", ir::Type::I64, helper_system},
+    {"port_check", ir::Type::Void, helper_port_check}, {"port_in", ir::Type::I64, helper_port_in},
+    {"port_out", ir::Type::Void, helper_port_out},     {"port_in_string", ir::Type::Void, helper_port_in_string},
 };
 static_assert(std::size(kHelpers) == static_cast<size_t>(HelperId::Count));
 

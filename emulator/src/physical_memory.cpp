@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include <sys/mman.h>
+
+#include <cerrno>
+
 #include "kiln/common/error.h"
 #include "kiln/emulator/memory.h"
 
@@ -39,6 +43,18 @@ void IoBus::write(uint16_t port, unsigned size, uint32_t value) {
 
 // ---- PhysicalMemory ---------------------------------------------------------
 
+namespace {
+
+// Guest memory comes from anonymous mappings: untouched pages cost nothing, so
+// a large -m starts at once and only the memory the guest uses is resident.
+std::shared_ptr<uint8_t> map_host_memory(uint64_t size) {
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw Error(errno, fmt::format("cannot allocate {} MiB of guest memory", size >> 20));
+  return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), [size](uint8_t* q) { ::munmap(q, size); });
+}
+
+}  // namespace
+
 PhysicalRegion& PhysicalMemory::insert(PhysicalRegion region) {
   if ((region.base | region.size) & ~kPageMask || region.size == 0 || region.base + region.size < region.base)
     throw invalid_argument("physical region 0x{:x}+0x{:x} is not page aligned", region.base, region.size);
@@ -52,7 +68,7 @@ PhysicalRegion& PhysicalMemory::insert(PhysicalRegion region) {
 }
 
 uint8_t* PhysicalMemory::add_ram(uint64_t base, uint64_t size) {
-  auto owned = std::make_unique<uint8_t[]>(size);  // value-initialised: zeroes
+  auto owned = map_host_memory(size);
   uint8_t* host = owned.get();
   insert(PhysicalRegion{.base = base, .size = size, .kind = RegionKind::Ram, .host = host, .owned = std::move(owned)});
   return host;
@@ -60,7 +76,7 @@ uint8_t* PhysicalMemory::add_ram(uint64_t base, uint64_t size) {
 
 void PhysicalMemory::add_rom(uint64_t base, uint64_t size, std::span<const uint8_t> contents) {
   if (contents.size() > size) throw invalid_argument("ROM contents ({} bytes) exceed the region ({} bytes)", contents.size(), size);
-  auto owned = std::make_unique<uint8_t[]>(size);
+  auto owned = map_host_memory(size);
   std::memcpy(owned.get(), contents.data(), contents.size());
   uint8_t* host = owned.get();
   insert(PhysicalRegion{.base = base, .size = size, .kind = RegionKind::Rom, .host = host, .owned = std::move(owned)});

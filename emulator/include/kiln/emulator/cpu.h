@@ -123,7 +123,8 @@ class InterruptController {
   virtual uint8_t acknowledge() = 0;
 };
 
-enum class StopReason { InsnLimit, Exception, Halt, Syscall };
+// Reset: triple fault (system mode). ExitRequest: request_exit() was called.
+enum class StopReason { InsnLimit, Exception, Halt, Syscall, Reset, ExitRequest };
 
 struct RunResult {
   StopReason reason = StopReason::InsnLimit;

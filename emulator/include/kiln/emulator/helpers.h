@@ -21,7 +21,7 @@ namespace kiln::emu {
   X(Cpuid, Void) X(Rdtsc, Void) X(Halt, Void) X(Syscall, Void)                              \
   X(Pdep, I64) X(Pext, I64) X(Crc32, I64)                                                    \
   X(X87, Void) X(Fwait, Void) X(Fxsave, Void) X(Fxrstor, Void) X(MaskMove, Void) X(StringCompare, Void) \
-  X(System, I64)
+  X(System, I64) X(PortCheck, Void) X(PortIn, I64) X(PortOut, Void) X(PortInString, Void)
 
 enum class HelperId : uint32_t {
 #define KILN_HELPER_ENUM(name, type) name,
@@ -63,5 +63,14 @@ uint64_t helper_fxsave(Cpu& cpu, uint64_t address, uint64_t rex_w, uint64_t long
 uint64_t helper_fxrstor(Cpu& cpu, uint64_t address, uint64_t rex_w, uint64_t long_mode, uint64_t);
 uint64_t helper_string_compare(Cpu& cpu, uint64_t insn, uint64_t lo, uint64_t hi, uint64_t);
 uint64_t helper_maskmove(Cpu& cpu, uint64_t address, uint64_t regs, uint64_t, uint64_t);
+
+// Port I/O (port_io.cpp), system mode: a = port, b = access size in bytes (1, 2, 4).
+// Each checks IOPL / the TSS I/O permission bitmap first (#GP(0)).
+// PortOut: c = value. PortInString (INS): c = linear destination, checked writable
+// before the port is read.
+uint64_t helper_port_check(Cpu& cpu, uint64_t port, uint64_t size, uint64_t, uint64_t);
+uint64_t helper_port_in(Cpu& cpu, uint64_t port, uint64_t size, uint64_t, uint64_t);
+uint64_t helper_port_out(Cpu& cpu, uint64_t port, uint64_t size, uint64_t value, uint64_t);
+uint64_t helper_port_in_string(Cpu& cpu, uint64_t port, uint64_t size, uint64_t address, uint64_t);
 
 }  // namespace kiln::emu

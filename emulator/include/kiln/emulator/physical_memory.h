@@ -21,7 +21,7 @@ struct PhysicalRegion {
   RegionKind kind = RegionKind::Ram;
   uint8_t* host = nullptr;           // Ram and Rom
   MmioHandler* mmio = nullptr;       // Mmio
-  std::unique_ptr<uint8_t[]> owned;  // host memory owned by the map
+  std::shared_ptr<uint8_t> owned;    // host memory owned by the map (anonymous mmap: zero pages on demand)
 };
 
 class PhysicalMemory {
