@@ -5,6 +5,7 @@
 #include "kiln/common/error.h"
 #include "kiln/emulator/ir_passes.h"
 #include "kiln/emulator/lazy_flags.h"
+#include "kiln/emulator/system.h"
 
 namespace kiln::emu {
 
@@ -129,6 +130,31 @@ void Cpu::log_cpu_state() {
   fmt::print(log_, "{}RIP={:016x} RFL={:08x}\n", line, state.rip, read_rflags(state));
 }
 
+bool Cpu::system_boundary(StopReason& reason) {
+  const bool exit_requested =
+      exit_request_.load(std::memory_order_relaxed) && exit_request_.exchange(false, std::memory_order_acquire);
+  SystemState& sys = state.sys;
+  // The interrupt shadow of STI / MOV SS / POP SS covers the rest of the block that set it.
+  if (!sys.interrupt_shadow && (state.rflags_other & rflags::IF) && pic_ && pic_->pending()) {
+    const uint8_t vector = pic_->acknowledge();
+    sys.halted = false;
+    if (!deliver_external_interrupt(*this, vector)) {
+      reason = StopReason::Reset;
+      return true;
+    }
+  }
+  sys.interrupt_shadow = false;
+  if (sys.halted) {
+    reason = StopReason::Halt;
+    return true;
+  }
+  if (exit_requested) {
+    reason = StopReason::ExitRequest;
+    return true;
+  }
+  return false;
+}
+
 RunResult Cpu::run(uint64_t max_insns) {
   RunResult result;
   state.exception = PendingException{};
@@ -138,7 +164,11 @@ RunResult Cpu::run(uint64_t max_insns) {
     flush_tlb();
     cache_.flush();
   }
-  while (result.insns < max_insns) {
+  const bool system = state.mode.system;
+  for (;;) {
+    if (system && system_boundary(result.reason)) [[unlikely]]
+      return result;
+    if (result.insns >= max_insns) break;
     TranslatedBlock* tb = get_block(state.rip);
     if (log_ && (log_mask_ & kLogExec))
       fmt::print(log_, "Trace 0: {} [{:016x}/{:x}]\n", static_cast<const void*>(tb), tb->pc, tb->mode);
@@ -148,8 +178,16 @@ RunResult Cpu::run(uint64_t max_insns) {
     state.tsc += r.insns;
     if (log_ && (log_mask_ & kLogCpu)) log_cpu_state();
     if (r.exception) {
-      result.reason = StopReason::Exception;
-      return result;
+      if (!system) {
+        result.reason = StopReason::Exception;
+        return result;
+      }
+      // System mode: deliver through the IDT (a failure here is a triple fault).
+      if (!deliver_exception(*this)) {
+        result.reason = StopReason::Reset;
+        return result;
+      }
+      continue;
     }
     state.rip = r.next_pc;
     if (state.stop_request) {

@@ -6,6 +6,7 @@
 #include "kiln/emulator/fp_eval.h"
 #include "kiln/emulator/ir_eval.h"
 #include "kiln/emulator/lazy_flags.h"
+#include "kiln/emulator/system.h"
 
 namespace kiln::emu {
 
@@ -248,6 +249,10 @@ uint64_t h_rdtsc(CpuState& cpu, uint64_t, uint64_t, uint64_t, uint64_t) {
 }
 
 uint64_t h_halt(CpuState& cpu, uint64_t, uint64_t, uint64_t, uint64_t) {
+  if (cpu.mode.system) {  // privileged; the execution loop resumes a halted CPU with an interrupt
+    if (cpu.sys.cpl != 0) return raise(cpu, Vector::GP), 0;
+    cpu.sys.halted = true;
+  }
   cpu.stop_request |= kStopHalt;
   return 0;
 }
@@ -303,6 +308,12 @@ constexpr HelperInfo kHelpers[] = {
     {"x87", ir::Type::Void, helper_x87},           {"fwait", ir::Type::Void, helper_fwait},           {"fxsave", ir::Type::Void, helper_fxsave},
     {"fxrstor", ir::Type::Void, helper_fxrstor},   {"maskmove", ir::Type::Void, helper_maskmove},
     {"pcmpstr", ir::Type::Void, helper_string_compare},
+    // Segmentation and control transfers (system.cpp).
+    {"load_segment", ir::Type::Void, helper_load_segment},  {"read_selector", ir::Type::I64, helper_read_selector},
+    {"far_jump", ir::Type::I64, helper_far_jump},            {"far_call", ir::Type::I64, helper_far_call},
+    {"far_return", ir::Type::I64, helper_far_return},        {"iret", ir::Type::I64, helper_iret},
+    {"software_interrupt", ir::Type::I64, helper_software_interrupt},
+    {"check_selector", ir::Type::I64, helper_check_selector},
 };
 static_assert(std::size(kHelpers) == static_cast<size_t>(HelperId::Count));
 

@@ -72,7 +72,9 @@ class InterruptController {
   virtual uint8_t acknowledge() = 0;
 };
 
-enum class StopReason { InsnLimit, Exception, Halt, Syscall };
+// System mode adds Reset (triple fault: the machine must reset) and ExitRequest
+// (request_exit() was called; pending interrupts have been taken first).
+enum class StopReason { InsnLimit, Exception, Halt, Syscall, Reset, ExitRequest };
 
 struct RunResult {
   StopReason reason = StopReason::InsnLimit;
@@ -91,6 +93,9 @@ class Cpu {
   CpuState state;
 
   // Runs until an exception, HLT, SYSCALL, or at least `max_insns` instructions.
+  // In system mode exceptions and interrupts are delivered through the IDT
+  // instead; HLT returns Halt and a later run() resumes once an interrupt is
+  // deliverable; a triple fault returns Reset.
   RunResult run(uint64_t max_insns);
 
   void set_log(uint32_t mask, std::FILE* stream) {
@@ -161,6 +166,9 @@ class Cpu {
   void flush_tlb();
   TranslatedBlock* get_block(uint64_t pc);
   void log_cpu_state();
+  // System mode, at a TB boundary: takes a deliverable external interrupt; returns
+  // true with `reason` set when run() must return (halted, triple fault, exit request).
+  bool system_boundary(StopReason& reason);
 
   Memory& memory_;
   IoBus* io_ = nullptr;

@@ -127,6 +127,8 @@ struct SystemState {
   uint64_t mtrr_def_type = 0, mtrr_fixed[11] = {}, mtrr_var[16] = {};
   // Interrupts are inhibited for one instruction after STI, MOV SS and POP SS.
   bool interrupt_shadow = false;
+  // HLT executed: the CPU waits for an interrupt (Cpu::run returns StopReason::Halt until one arrives).
+  bool halted = false;
 };
 
 struct CpuState {

@@ -20,7 +20,9 @@ namespace kiln::emu {
   X(Daa, Void) X(Das, Void) X(Aaa, Void) X(Aas, Void) X(Aam, Void) X(Aad, Void)              \
   X(Cpuid, Void) X(Rdtsc, Void) X(Halt, Void) X(Syscall, Void)                              \
   X(Pdep, I64) X(Pext, I64) X(Crc32, I64)                                                    \
-  X(X87, Void) X(Fwait, Void) X(Fxsave, Void) X(Fxrstor, Void) X(MaskMove, Void) X(StringCompare, Void)
+  X(X87, Void) X(Fwait, Void) X(Fxsave, Void) X(Fxrstor, Void) X(MaskMove, Void) X(StringCompare, Void) \
+  X(LoadSegment, Void) X(ReadSelector, I64) X(FarJump, I64) X(FarCall, I64) X(FarReturn, I64) X(Iret, I64) \
+  X(SoftwareInterrupt, I64) X(CheckSelector, I64)
 
 enum class HelperId : uint32_t {
 #define KILN_HELPER_ENUM(name, type) name,
