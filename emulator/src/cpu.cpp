@@ -165,10 +165,11 @@ RunResult Cpu::run(uint64_t max_insns) {
     cache_.flush();
   }
   const bool system = state.mode.system;
-  for (;;) {
+  // The boundary check runs before each block, not after the last one, so an interrupt
+  // shadow set by the last block survives until the next run().
+  while (result.insns < max_insns) {
     if (system && system_boundary(result.reason)) [[unlikely]]
       return result;
-    if (result.insns >= max_insns) break;
     TranslatedBlock* tb = get_block(state.rip);
     if (log_ && (log_mask_ & kLogExec))
       fmt::print(log_, "Trace 0: {} [{:016x}/{:x}]\n", static_cast<const void*>(tb), tb->pc, tb->mode);

@@ -1752,8 +1752,7 @@ void Translator::segment_insn(ZydisMnemonic m) {
 }
 
 void Translator::far_branch(ZydisMnemonic m) {
-  const unsigned bits = insn_.operand_width;
-  const Type t = op_type();
+  unsigned bits = insn_.operand_width;
   if (m == ZYDIS_MNEMONIC_IRET || m == ZYDIS_MNEMONIC_IRETD || m == ZYDIS_MNEMONIC_IRETQ)
     return end_indirect(helper(HelperId::Iret, {c64(bits)}));
   if (m == ZYDIS_MNEMONIC_RET) {
@@ -1767,9 +1766,12 @@ void Translator::far_branch(ZydisMnemonic m) {
     offset = c64(ops_[0].ptr.offset);
   } else {
     if (ops_[0].type != ZYDIS_OPERAND_TYPE_MEMORY) return raise(Vector::UD);
+    // m16:16, m16:32 or m16:64: the operand size is the offset's plus the selector's.
+    const unsigned offset_bits = ops_[0].size - 16;
     Value addr = mem_address(ops_[0]);
-    offset = b_.zext(b_.load(t, addr), Type::I64);
-    selector = b_.zext(b_.load(Type::I16, b_.add(addr, c64(bits / 8))), Type::I64);
+    offset = b_.zext(b_.load(ir::int_type(offset_bits), addr), Type::I64);
+    selector = b_.zext(b_.load(Type::I16, b_.add(addr, c64(offset_bits / 8))), Type::I64);
+    bits = offset_bits;
   }
   if (m == ZYDIS_MNEMONIC_JMP) return end_indirect(helper(HelperId::FarJump, {selector, offset, c64(bits)}));
   return end_indirect(helper(HelperId::FarCall, {selector, offset, c64(bits), c64(next_pc_)}));
