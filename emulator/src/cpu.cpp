@@ -192,11 +192,16 @@ RunResult Cpu::run(uint64_t max_insns) {
     }
     state.rip = r.next_pc;
     if (state.stop_request) {
+      if (system && state.stop_request == kStopHalt) {
+        // HLT (sys.halted set): the next boundary takes a deliverable interrupt or returns Halt.
+        state.stop_request = 0;
+        continue;
+      }
       result.reason = state.stop_request & kStopHalt ? StopReason::Halt : StopReason::Syscall;
       return result;
     }
   }
-  result.reason = StopReason::InsnLimit;
+  result.reason = system && state.sys.halted ? StopReason::Halt : StopReason::InsnLimit;
   return result;
 }
 

@@ -57,7 +57,10 @@ bool have_nasm() { return std::system("nasm -v > /dev/null 2>&1") == 0; }
 
 class FakePic final : public InterruptController {
  public:
-  bool pending() override { return count > 0; }
+  bool pending() override {
+    if (delay > 0) return --delay, false;
+    return count > 0;
+  }
   uint8_t acknowledge() override {
     --count;
     ++acknowledged;
@@ -65,6 +68,7 @@ class FakePic final : public InterruptController {
   }
   int count = 0;
   int acknowledged = 0;
+  int delay = 0;  // pending() answers false this many times first
   uint8_t vector = 0x20;
 };
 
@@ -809,6 +813,33 @@ TEST(SystemMode, HltWaitsAndResumesWithTheInterruptAfterHlt) {
   EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), kCode + 1);  // return after the HLT
   ASSERT_EQ(m.resume().reason, StopReason::Halt);                       // IRET, mov eax, 7; hlt
   EXPECT_EQ(m.s.regs[RAX], 7u);
+}
+
+TEST(SystemMode, HltWithAPendingInterruptDoesNotStop) {
+  REQUIRE_NASM();
+  Machine m;
+  FakePic pic;
+  m.cpu.set_interrupt_controller(&pic);
+  m.protected32();
+  m.idt32(0x20, desc_type::kInterruptGate32, 0);
+  m.ram[Machine::handler(0x20)] = 0x90;  // nop; iret
+  m.code(R"(
+    bits 32
+    org 0x4000
+    mov ebx, 1
+    hlt
+    mov ebx, 2
+    ud2
+  )");
+  // One instruction per block; the interrupt becomes pending at the boundary after the HLT.
+  pic.count = 1;
+  pic.delay = 2;
+  m.s.rflags_other |= rflags::IF;
+  m.cpu.translate_options().max_insns = 1;
+  m.cpu.flush_translations();
+  m.expect_handler(6);
+  EXPECT_EQ(pic.acknowledged, 1);
+  EXPECT_EQ(m.s.regs[RBX], 2u);  // the HLT was left by the interrupt without returning to the caller
 }
 
 TEST(SystemMode, ExitRequestReturnsToTheCaller) {
