@@ -165,9 +165,12 @@ RunResult Cpu::run(uint64_t max_insns) {
     cache_.flush();
   }
   const bool system = state.mode.system;
+  // Delivered exceptions count against the budget too: a guest faulting in a loop
+  // without completing an instruction must still return to the caller.
+  uint64_t deliveries = 0;
   // The boundary check runs before each block, not after the last one, so an interrupt
   // shadow set by the last block survives until the next run().
-  while (result.insns < max_insns) {
+  while (result.insns + deliveries < max_insns) {
     if (system && system_boundary(result.reason)) [[unlikely]]
       return result;
     TranslatedBlock* tb = get_block(state.rip);
@@ -188,6 +191,7 @@ RunResult Cpu::run(uint64_t max_insns) {
         result.reason = StopReason::Reset;
         return result;
       }
+      ++deliveries;
       continue;
     }
     state.rip = r.next_pc;

@@ -1723,7 +1723,7 @@ void Translator::segment_insn(ZydisMnemonic m) {
       Value addr = mem_address(ops_[1]);
       Value offset = b_.load(t, addr);
       Value selector = b_.load(Type::I16, b_.add(addr, c64(ir::type_bits(t) / 8)));
-      helper(HelperId::LoadSegment, {c64(seg), b_.zext(selector, Type::I64)});
+      helper(HelperId::LoadSegment, {c64(seg), b_.zext(selector, Type::I64), c64(1)});
       write_gpr(gpr(ops_[0].reg.value), offset);
       return end_exit(next_pc_);
     }
@@ -1981,6 +1981,9 @@ void Translator::translate_insn() {
       return raise(Vector::UD);
     case ZYDIS_MNEMONIC_IRET: case ZYDIS_MNEMONIC_IRETD: case ZYDIS_MNEMONIC_IRETQ:
       if (mode_.system) return far_branch(m);
+      return raise(Vector::UD);
+    case ZYDIS_MNEMONIC_INT1:  // ICEBP: #DB as a trap, without the gate DPL check
+      if (mode_.system) return software_interrupt(1, static_cast<uint64_t>(EventKind::Exception));
       return raise(Vector::UD);
     default:
       if (insn_.opcode_map == ZYDIS_OPCODE_MAP_DEFAULT && insn_.opcode >= 0xd8 && insn_.opcode <= 0xdf) return x87();

@@ -655,8 +655,10 @@ bool deliver_external_interrupt(Cpu& cpu, uint8_t vector) {
 
 // ---- helpers ----
 
-uint64_t helper_load_segment(Cpu& cpu, uint64_t seg, uint64_t selector, uint64_t, uint64_t) {
-  load_data_segment(cpu, static_cast<Seg>(seg), static_cast<uint16_t>(selector));
+uint64_t helper_load_segment(Cpu& cpu, uint64_t seg, uint64_t selector, uint64_t no_shadow, uint64_t) {
+  const bool shadow_before = cpu.state.sys.interrupt_shadow;
+  if (load_data_segment(cpu, static_cast<Seg>(seg), static_cast<uint16_t>(selector)) && no_shadow)
+    cpu.state.sys.interrupt_shadow = shadow_before;  // LSS loads SS without the MOV SS shadow
   return 0;
 }
 

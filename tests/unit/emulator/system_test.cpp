@@ -880,6 +880,33 @@ spin: jmp spin
   EXPECT_EQ(m.s.regs[RSP], 0x9000u - 12);
 }
 
+TEST(SystemMode, Int1IgnoresTheGateDplAndLssHasNoShadow) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32(3);
+  m.put32(kData, 0xa000);
+  m.put16(kData + 4, kData3);
+  m.code("bits 32\norg 0x4000\nlss esp, [0xd000]\nint1\n");
+  m.expect_handler(1);
+  EXPECT_FALSE(m.s.sys.interrupt_shadow);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), kCode + 7 + 1);  // trap: after INT1
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP]) + 12), 0xa000u);    // ESP loaded by LSS
+}
+
+TEST(SystemMode, FaultLoopStillReturnsToTheCaller) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  // Every handler is UD2: #UD delivered again and again without completing an instruction.
+  for (unsigned v = 0; v < 256; ++v) {
+    m.ram[Machine::handler(v)] = 0x0f;
+    m.ram[Machine::handler(v) + 1] = 0x0b;
+  }
+  m.code("bits 32\norg 0x4000\nud2\n");
+  m.s.regs[RSP] = 0x90000;
+  EXPECT_EQ(m.run(1000).reason, StopReason::InsnLimit);
+}
+
 TEST(SystemMode, HltAtRing3IsGeneralProtection) {
   REQUIRE_NASM();
   Machine m;

@@ -108,8 +108,8 @@ bool deliver_exception(Cpu& cpu);
 bool deliver_external_interrupt(Cpu& cpu, uint8_t vector);
 
 // ---- helpers called from translated code (HelperId entries, see helpers.h) ----
-// a = Seg, b = selector.
-uint64_t helper_load_segment(Cpu& cpu, uint64_t seg, uint64_t selector, uint64_t, uint64_t);
+// a = Seg, b = selector, c = 1 when loading SS must not start an interrupt shadow (LSS).
+uint64_t helper_load_segment(Cpu& cpu, uint64_t seg, uint64_t selector, uint64_t no_shadow, uint64_t);
 // Returns the selector of Seg a.
 uint64_t helper_read_selector(Cpu& cpu, uint64_t seg, uint64_t, uint64_t, uint64_t);
 // Far JMP/CALL: a = selector, b = offset, c = operand bits, d = return offset (CALL).
