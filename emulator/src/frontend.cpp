@@ -1754,7 +1754,7 @@ void Translator::segment_insn(ZydisMnemonic m) {
 void Translator::far_branch(ZydisMnemonic m) {
   unsigned bits = insn_.operand_width;
   if (m == ZYDIS_MNEMONIC_IRET || m == ZYDIS_MNEMONIC_IRETD || m == ZYDIS_MNEMONIC_IRETQ)
-    return end_indirect(helper(HelperId::Iret, {c64(bits)}));
+    return end_indirect(helper(HelperId::Iret, {c64(bits), c64(next_pc_)}));
   if (m == ZYDIS_MNEMONIC_RET) {
     const uint64_t pop = insn_.operand_count_visible > 0 && ops_[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE
                              ? ops_[0].imm.value.u & 0xffff : 0;
@@ -1773,7 +1773,8 @@ void Translator::far_branch(ZydisMnemonic m) {
     selector = b_.zext(b_.load(Type::I16, b_.add(addr, c64(offset_bits / 8))), Type::I64);
     bits = offset_bits;
   }
-  if (m == ZYDIS_MNEMONIC_JMP) return end_indirect(helper(HelperId::FarJump, {selector, offset, c64(bits)}));
+  if (m == ZYDIS_MNEMONIC_JMP)
+    return end_indirect(helper(HelperId::FarJump, {selector, offset, c64(bits), c64(next_pc_)}));
   return end_indirect(helper(HelperId::FarCall, {selector, offset, c64(bits), c64(next_pc_)}));
 }
 

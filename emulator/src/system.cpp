@@ -292,6 +292,132 @@ bool check_return_cs(Cpu& cpu, uint16_t selector, Descriptor& d) {
   return true;
 }
 
+// ---- task switches (32-bit TSS) ----
+enum class TaskSource { Jump, Call, Iret, Interrupt };
+constexpr uint64_t kFlagNT = 1u << 14;
+constexpr uint32_t kTss32MinLimit = 0x67;
+
+bool is_tss32(const Descriptor& d, bool busy) {
+  return d.system() && d.type() == (busy ? desc_type::kTss32Busy : desc_type::kTss32Available);
+}
+
+// Sets or clears the busy bit of the TSS descriptor `selector` in the GDT.
+bool set_tss_busy(Cpu& cpu, uint16_t selector, bool busy) {
+  uint64_t address = 0, access = 0;
+  if (!descriptor_address(cpu.state, selector, 8, address)) return true;
+  if (!read_system(cpu, address + 5, 1, access)) return false;
+  return write_system(cpu, address + 5, 1, busy ? access | 2 : access & ~uint64_t{2});
+}
+
+// A segment register of the incoming task: the normal checks, reported as #TS
+// (or #SS / #NP for not present) with the selector.
+bool load_task_segment(Cpu& cpu, Seg seg, uint16_t selector) {
+  CpuState& s = cpu.state;
+  if (!load_data_segment(cpu, seg, selector)) {
+    if (s.exception.vector == Vector::GP) s.exception = PendingException{.raised = true, .vector = Vector::TS,
+                                                                         .error_code = selector_error(selector)};
+    return false;
+  }
+  return true;
+}
+
+// Switches to the task whose (checked, present) 32-bit TSS descriptor is `tss`.
+// Faults before the state is saved leave the old task untouched; later ones are
+// raised in the new task, as on hardware.
+bool task_switch(Cpu& cpu, uint16_t selector, const Descriptor& tss, TaskSource source, uint64_t return_eip,
+                 bool push_error, uint32_t error_code, uint32_t ext) {
+  CpuState& s = cpu.state;
+  const uint32_t error = selector_error(selector) | ext;
+  if (!is_tss32(tss, source == TaskSource::Iret)) return fail(s, Vector::GP, error);  // 16-bit TSS: not implemented
+  if (tss.limit() < kTss32MinLimit) return fail(s, Vector::TS, error);
+  const SegmentCache old_tr = s.sys.tr;
+  if (old_tr.limit < kTss32MinLimit) return fail(s, Vector::TS, selector_error(old_tr.selector) | ext);
+  // Read the incoming state first.
+  const uint64_t base = tss.base();
+  uint64_t cr3 = 0, eip = 0, eflags = 0, regs[8] = {}, selectors[6] = {}, ldt = 0;
+  if (!read_system(cpu, base + 0x1c, 4, cr3) || !read_system(cpu, base + 0x20, 4, eip) ||
+      !read_system(cpu, base + 0x24, 4, eflags) || !read_system(cpu, base + 0x60, 2, ldt))
+    return false;
+  for (unsigned i = 0; i < 8; ++i)
+    if (!read_system(cpu, base + 0x28 + 4 * i, 4, regs[i])) return false;
+  for (unsigned i = 0; i < 6; ++i)
+    if (!read_system(cpu, base + 0x48 + 4 * i, 2, selectors[i])) return false;
+  // Save the outgoing state.
+  uint64_t old_flags = read_rflags(s);
+  if (source == TaskSource::Iret) old_flags &= ~kFlagNT;
+  const uint64_t old_base = old_tr.base;
+  if (!write_system(cpu, old_base + 0x20, 4, return_eip) || !write_system(cpu, old_base + 0x24, 4, old_flags))
+    return false;
+  for (unsigned i = 0; i < 8; ++i)
+    if (!write_system(cpu, old_base + 0x28 + 4 * i, 4, s.regs[i])) return false;
+  for (unsigned i = 0; i < 6; ++i)
+    if (!write_system(cpu, old_base + 0x48 + 4 * i, 2, s.seg_selector[i])) return false;
+  if (source == TaskSource::Jump || source == TaskSource::Iret) {
+    if (!set_tss_busy(cpu, old_tr.selector, false)) return false;
+  }
+  const bool nested = source == TaskSource::Call || source == TaskSource::Interrupt;
+  if (nested && !write_system(cpu, base, 2, old_tr.selector)) return false;
+  if (source != TaskSource::Iret && !set_tss_busy(cpu, selector, true)) return false;
+
+  // Commit: from here on faults belong to the new task.
+  s.sys.tr = SegmentCache{.base = base, .limit = tss.limit(), .selector = selector,
+                          .attrs = static_cast<uint16_t>(tss.attrs() | 2)};
+  s.sys.cr0 |= cr0::TS;
+  if ((s.sys.cr0 & cr0::PG) && cr3 != s.sys.cr3) {
+    s.sys.cr3 = cr3;
+    cpu.invalidate_tlb(false);
+  }
+  // Reserved bits 3, 5, 15 stay 0; VM is dropped (virtual-8086 tasks are not implemented).
+  write_rflags(s, (eflags & 0x3d7fd7) | (nested ? kFlagNT : 0));
+  s.rip = eip;
+  for (unsigned i = 0; i < 8; ++i) s.regs[i] = regs[i];
+  for (unsigned i = 0; i < 6; ++i) s.seg_selector[i] = static_cast<uint16_t>(selectors[i]);
+  s.sys.ldtr.selector = static_cast<uint16_t>(ldt);
+  // The LDT, then CS (which gives the CPL), then the other segments.
+  const uint16_t ldt_selector = static_cast<uint16_t>(ldt);
+  if (ldt_selector & 4) return fail(s, Vector::TS, selector_error(ldt_selector));
+  if (!load_ldt(cpu, ldt_selector)) {
+    if (s.exception.vector == Vector::GP || s.exception.vector == Vector::NP)
+      s.exception = PendingException{.raised = true, .vector = Vector::TS, .error_code = selector_error(ldt_selector)};
+    return false;
+  }
+  const uint16_t cs_selector = static_cast<uint16_t>(selectors[CS]);
+  Descriptor cs;
+  bool found = false;
+  if (null_selector(cs_selector)) return fail(s, Vector::TS, 0);
+  if (!lookup_descriptor(cpu, cs_selector, cs, found)) return false;
+  const unsigned new_cpl = cs_selector & 3u;
+  if (!found || !is_code(cs) || (is_conforming_code(cs) ? cs.dpl() > new_cpl : cs.dpl() != new_cpl))
+    return fail(s, Vector::TS, selector_error(cs_selector));
+  if (!cs.present()) return fail(s, Vector::NP, selector_error(cs_selector));
+  if (!set_accessed(cpu, cs_selector, cs)) return false;
+  commit_cs(s, cs_selector, cs, new_cpl);
+  for (Seg seg : {SS, ES, DS, FS, GS})
+    if (!load_task_segment(cpu, seg, static_cast<uint16_t>(selectors[seg]))) return false;
+  s.sys.interrupt_shadow = false;
+  if (!target_offset_ok(s, cs, eip)) return fail(s, Vector::GP);
+  if (push_error) {
+    StackWriter stack(cpu, s.seg_base[SS], s.regs[RSP], stack_bits(s), false);
+    if (!stack.push(error_code, 4)) return false;
+    s.regs[RSP] = merge_sp(s.regs[RSP], stack.sp(), stack_bits(s));
+  }
+  return true;
+}
+
+// JMP/CALL/INT through a task gate or to a TSS: the TSS selector's checks.
+bool switch_to_tss_selector(Cpu& cpu, uint16_t selector, TaskSource source, uint64_t return_eip, bool push_error,
+                            uint32_t error_code, uint32_t ext) {
+  CpuState& s = cpu.state;
+  const uint32_t error = selector_error(selector) | ext;
+  if (selector & 4) return fail(s, Vector::GP, error);
+  Descriptor tss;
+  bool found = false;
+  if (!lookup_descriptor(cpu, selector, tss, found)) return false;
+  if (!found || !is_tss32(tss, false)) return fail(s, Vector::GP, error);
+  if (!tss.present()) return fail(s, Vector::NP, error);
+  return task_switch(cpu, selector, tss, source, return_eip, push_error, error_code, ext);
+}
+
 enum class FarKind { Jump, Call };
 
 uint64_t far_transfer(Cpu& cpu, uint16_t selector, uint64_t offset, unsigned bits, uint64_t return_offset,
@@ -335,9 +461,22 @@ uint64_t far_transfer(Cpu& cpu, uint16_t selector, uint64_t offset, unsigned bit
     return offset;
   }
 
-  // System descriptor: only call gates (task switches are not implemented).
+  // System descriptor: call gate, or (legacy mode) a task gate or TSS: task switch.
   const bool lma = long_mode_active(s);
   const unsigned type = d.type();
+  const TaskSource task_source = kind == FarKind::Jump ? TaskSource::Jump : TaskSource::Call;
+  if (!lma && (type == desc_type::kTss32Available || type == desc_type::kTss16Available)) {
+    if (d.dpl() < cpl || d.dpl() < rpl) return fail(s, Vector::GP, error), 0;
+    if (!d.present()) return fail(s, Vector::NP, error), 0;
+    if (!task_switch(cpu, selector, d, task_source, return_offset, false, 0, 0)) return 0;
+    return s.rip;
+  }
+  if (!lma && type == desc_type::kTaskGate) {
+    if (d.dpl() < cpl || d.dpl() < rpl) return fail(s, Vector::GP, error), 0;
+    if (!d.present()) return fail(s, Vector::NP, error), 0;
+    if (!switch_to_tss_selector(cpu, d.gate_selector(), task_source, return_offset, false, 0, 0)) return 0;
+    return s.rip;
+  }
   const bool gate = lma ? type == desc_type::kCallGate32 : (type == desc_type::kCallGate32 || type == desc_type::kCallGate16);
   if (!gate) return fail(s, Vector::GP, error), 0;
   if (lma) {
@@ -574,12 +713,16 @@ bool deliver_event(Cpu& cpu, uint8_t vector, EventKind kind, uint32_t error_code
   if (lma) valid_type = !gate.system() ? false : (type == desc_type::kInterruptGate32 || type == desc_type::kTrapGate32) &&
                                                      ((gate.high >> 40) & 0x1f) == 0;
   else valid_type = gate.system() && (type == desc_type::kInterruptGate16 || type == desc_type::kTrapGate16 ||
-                                      type == desc_type::kInterruptGate32 || type == desc_type::kTrapGate32);
-  // Task gates (type 5) are not implemented: they fault like an invalid gate.
+                                      type == desc_type::kInterruptGate32 || type == desc_type::kTrapGate32 ||
+                                      type == desc_type::kTaskGate);
   if (!valid_type) return fail(s, Vector::GP, idt_error);
   const unsigned cpl = s.sys.cpl;
   if (software && gate.dpl() < cpl) return fail(s, Vector::GP, idt_error - ext);
   if (!gate.present()) return fail(s, Vector::NP, idt_error);
+  const bool push_error = kind == EventKind::Exception && exception_has_error_code(vector);
+  if (type == desc_type::kTaskGate)
+    return switch_to_tss_selector(cpu, gate.gate_selector(), TaskSource::Interrupt, return_rip, push_error, error_code,
+                                  ext);
 
   const uint16_t target = gate.gate_selector();
   if (null_selector(target)) return fail(s, Vector::GP, ext);
@@ -595,7 +738,6 @@ bool deliver_event(Cpu& cpu, uint8_t vector, EventKind kind, uint32_t error_code
   if (!target_offset_ok(s, cs, offset)) return fail(s, Vector::GP, ext);
   const bool inner = !is_conforming_code(cs) && cs.dpl() < cpl;
   const unsigned new_cpl = inner ? cs.dpl() : cpl;
-  const bool push_error = kind == EventKind::Exception && exception_has_error_code(vector);
   const unsigned bytes = gate_bits / 8;
 
   uint16_t new_ss = s.seg_selector[SS];
@@ -666,8 +808,9 @@ uint64_t helper_read_selector(Cpu& cpu, uint64_t seg, uint64_t, uint64_t, uint64
   return cpu.state.seg_selector[seg];
 }
 
-uint64_t helper_far_jump(Cpu& cpu, uint64_t selector, uint64_t offset, uint64_t bits, uint64_t) {
-  return far_transfer(cpu, static_cast<uint16_t>(selector), offset, static_cast<unsigned>(bits), 0, FarKind::Jump);
+uint64_t helper_far_jump(Cpu& cpu, uint64_t selector, uint64_t offset, uint64_t bits, uint64_t next_offset) {
+  return far_transfer(cpu, static_cast<uint16_t>(selector), offset, static_cast<unsigned>(bits), next_offset,
+                      FarKind::Jump);
 }
 
 uint64_t helper_far_call(Cpu& cpu, uint64_t selector, uint64_t offset, uint64_t bits, uint64_t return_offset) {
@@ -714,12 +857,28 @@ uint64_t helper_far_return(Cpu& cpu, uint64_t bits, uint64_t pop_bytes, uint64_t
   return offset;
 }
 
-uint64_t helper_iret(Cpu& cpu, uint64_t bits, uint64_t, uint64_t, uint64_t) {
+uint64_t helper_iret(Cpu& cpu, uint64_t bits, uint64_t next_offset, uint64_t, uint64_t) {
   CpuState& s = cpu.state;
   constexpr uint64_t kNT = 1u << 14, kRF = 1u << 16, kVM = 1u << 17, kVIF = 1u << 19, kVIP = 1u << 20,
                      kIOPL = 3u << 12;
   const unsigned bytes = static_cast<unsigned>(bits / 8);
   const uint64_t old_flags = read_rflags(s);
+  if (protected_mode(s) && (old_flags & kNT)) {
+    if (long_mode_active(s)) return fail(s, Vector::GP), 0;
+    // Return to the task in the back link of the current TSS (which must be a busy TSS).
+    uint64_t link = 0;
+    if (!read_system(cpu, s.sys.tr.base, 2, link)) return 0;
+    const uint16_t selector = static_cast<uint16_t>(link);
+    const uint32_t error = selector_error(selector);
+    if (selector & 4) return fail(s, Vector::TS, error), 0;
+    Descriptor tss;
+    bool found = false;
+    if (!lookup_descriptor(cpu, selector, tss, found)) return 0;
+    if (!found || !is_tss32(tss, true)) return fail(s, Vector::TS, error), 0;
+    if (!tss.present()) return fail(s, Vector::NP, error), 0;
+    if (!task_switch(cpu, selector, tss, TaskSource::Iret, next_offset, false, 0, 0)) return 0;
+    return s.rip;
+  }
   uint64_t offset = 0, selector_raw = 0, flags = 0;
   if (!read_stack(cpu, 0, bytes, offset) || !read_stack(cpu, bytes, bytes, selector_raw) ||
       !read_stack(cpu, 2 * bytes, bytes, flags))
@@ -733,8 +892,7 @@ uint64_t helper_iret(Cpu& cpu, uint64_t bits, uint64_t, uint64_t, uint64_t) {
     commit_real_cs(s, selector);
     return offset;
   }
-  // Task returns (NT) and returns to virtual-8086 mode are not implemented: #GP(0).
-  if (old_flags & kNT) return fail(s, Vector::GP), 0;
+  // Returns to virtual-8086 mode are not implemented: #GP(0).
   if (bits != 16 && (flags & kVM) && s.sys.cpl == 0 && !long_mode_active(s)) return fail(s, Vector::GP), 0;
   Descriptor cs;
   if (!check_return_cs(cpu, selector, cs)) return 0;

@@ -935,6 +935,80 @@ TEST(SystemMode, IntoOnlyWithOverflow) {
   EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), kCode + 2 + 1 + 5 + 3 + 1);
 }
 
+// ---------------- task switches ----------------
+
+constexpr uint64_t kTssB = 0x3100;
+constexpr uint16_t kTssBSel = 0x80;
+
+// A second task: EIP 0x6000, its own stack, flat ring-0 segments.
+void add_task_b(Machine& m) {
+  m.gdt(kTssSel, segment(kTss, 0x67, 0x8b, 0));  // the running task's TSS is busy
+  m.gdt(kTssBSel, segment(kTssB, 0x67, 0x89, 0));
+  m.s.sys.gdtr.limit = 0x8f;
+  m.put32(kTssB + 0x20, 0x6000);
+  m.put32(kTssB + 0x24, 2);
+  m.put32(kTssB + 0x38, 0x9800);
+  m.put32(kTssB + 0x4c, kCode32);
+  for (unsigned offset : {0x48u, 0x50u, 0x54u, 0x58u, 0x5cu}) m.put32(kTssB + offset, kData32);
+}
+
+TEST(SystemMode, InterruptThroughTaskGateAndIretBack) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  add_task_b(m);
+  m.put64(kIdt + 8 * 0x40, gate(kTssBSel, 0, desc_type::kTaskGate, 0));
+  m.code("bits 32\norg 0x6000\nmov ecx, [0x3000 + 0x28]\nmov eax, 0x22\nhlt\niretd\n", 0x6000);
+  m.code("bits 32\norg 0x4000\nmov eax, 0x11\nint 0x40\nmov ebx, eax\nhlt\n");
+  ASSERT_EQ(m.run().reason, StopReason::Halt);
+  EXPECT_EQ(m.s.sys.tr.selector, kTssBSel);
+  EXPECT_EQ(m.s.regs[RCX], 0x11u);               // saved EAX of the old task
+  EXPECT_EQ(m.s.regs[RSP], 0x9800u);
+  EXPECT_EQ(m.get32(kTss + 0x20), kCode + 5 + 2);  // saved EIP: after INT
+  EXPECT_EQ(m.get16(kTssB), kTssSel);              // back link
+  EXPECT_TRUE(m.s.rflags_other & (1u << 14));      // NT
+  EXPECT_TRUE(m.s.sys.cr0 & cr0::TS);
+  EXPECT_EQ((m.get64(kGdt + kTssBSel) >> 40) & 0xf, 0xbu);  // busy
+  ASSERT_EQ(m.resume().reason, StopReason::Halt);  // IRETD with NT: back to the first task
+  EXPECT_EQ(m.s.sys.tr.selector, kTssSel);
+  EXPECT_EQ(m.s.regs[RBX], 0x11u);
+  EXPECT_EQ(m.s.regs[RSP], kStack0);
+  EXPECT_FALSE(m.s.rflags_other & (1u << 14));
+  EXPECT_EQ((m.get64(kGdt + kTssBSel) >> 40) & 0xf, 0x9u);  // available again
+  EXPECT_EQ(m.get32(kTssB + 0x20), 0x6000u + 6 + 5 + 1 + 1);  // task B saved after its IRETD
+}
+
+TEST(SystemMode, DoubleFaultThroughTaskGatePushesTheErrorCode) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  add_task_b(m);
+  m.put64(kIdt + 8 * 8, gate(kTssBSel, 0, desc_type::kTaskGate, 0));
+  m.idt32(13, desc_type::kInterruptGate32, 0, false);
+  m.code("bits 32\norg 0x6000\nhlt\n", 0x6000);
+  m.code("bits 32\norg 0x4000\nmov ax, 0x88\nmov ds, ax\n");
+  ASSERT_EQ(m.run().reason, StopReason::Halt);
+  EXPECT_EQ(m.s.rip, 0x6001u);
+  EXPECT_EQ(m.s.regs[RSP], 0x9800u - 4);
+  EXPECT_EQ(m.get32(0x9800 - 4), 0u);
+  EXPECT_EQ(m.get32(kTss + 0x20), kCode + 4);  // the faulting instruction
+}
+
+TEST(SystemMode, FarJumpToTss) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  add_task_b(m);
+  m.code("bits 32\norg 0x6000\nhlt\n", 0x6000);
+  m.code("bits 32\norg 0x4000\njmp 0x80:0\n");
+  ASSERT_EQ(m.run().reason, StopReason::Halt);
+  EXPECT_EQ(m.s.sys.tr.selector, kTssBSel);
+  EXPECT_FALSE(m.s.rflags_other & (1u << 14));
+  EXPECT_EQ((m.get64(kGdt + kTssSel) >> 40) & 0xf, 0x9u);  // old task no longer busy
+  EXPECT_EQ(m.get16(kTssB), 0u);                           // no back link
+  EXPECT_EQ(m.get32(kTss + 0x20), kCode + 7);
+}
+
 // ---------------- LAR / LSL / VERR / VERW / ARPL ----------------
 
 TEST(SystemMode, SelectorInspection) {

@@ -112,13 +112,14 @@ bool deliver_external_interrupt(Cpu& cpu, uint8_t vector);
 uint64_t helper_load_segment(Cpu& cpu, uint64_t seg, uint64_t selector, uint64_t no_shadow, uint64_t);
 // Returns the selector of Seg a.
 uint64_t helper_read_selector(Cpu& cpu, uint64_t seg, uint64_t, uint64_t, uint64_t);
-// Far JMP/CALL: a = selector, b = offset, c = operand bits, d = return offset (CALL).
-// Return the new RIP.
-uint64_t helper_far_jump(Cpu& cpu, uint64_t selector, uint64_t offset, uint64_t bits, uint64_t);
+// Far JMP/CALL: a = selector, b = offset, c = operand bits, d = offset of the next instruction
+// (pushed by CALL, saved in the old TSS by task switches). Return the new RIP.
+uint64_t helper_far_jump(Cpu& cpu, uint64_t selector, uint64_t offset, uint64_t bits, uint64_t next_offset);
 uint64_t helper_far_call(Cpu& cpu, uint64_t selector, uint64_t offset, uint64_t bits, uint64_t return_offset);
-// RETF [imm16]: a = operand bits, b = imm16. IRET: a = operand bits. Return the new RIP.
+// RETF [imm16]: a = operand bits, b = imm16. IRET: a = operand bits, b = offset of the next
+// instruction (saved by a task return). Return the new RIP.
 uint64_t helper_far_return(Cpu& cpu, uint64_t bits, uint64_t pop_bytes, uint64_t, uint64_t);
-uint64_t helper_iret(Cpu& cpu, uint64_t bits, uint64_t, uint64_t, uint64_t);
+uint64_t helper_iret(Cpu& cpu, uint64_t bits, uint64_t next_offset, uint64_t, uint64_t);
 // INT n / INT3 / INTO: a = vector, b = instruction length, c = EventKind (| kSoftwareInterruptInto
 // for INTO, which only interrupts when OF is set). Returns the new RIP.
 constexpr uint64_t kSoftwareInterruptInto = 0x100;
