@@ -12,6 +12,7 @@ SEL_CODE3    equ 0x33              ; ring-3 code (RPL 3)
 SEL_DATA3    equ 0x3b              ; ring-3 data
 SEL_RODATA   equ 0x40              ; read-only data
 SEL_TSS64    equ 0x48
+SEL_TSS_B    equ 0x58
 NO_ERROR     equ 0xffffffff
 IDT_VECTORS  equ 0x40              ; vectors >= 0x40 lie beyond the IDT limit
 
@@ -165,6 +166,34 @@ back_in_ring0:                             ; INT 0x31 from ring 3 lands here
     mov eax, [ring3_results + 28]
     CHECK_EQ eax, 3, "ring3 cpl"
 
+    ; ---- double fault through a task gate (as 32-bit Linux does) ----
+    mov eax, tss_b
+    mov [tss_b_descriptor + 2], ax
+    shr eax, 16
+    mov [tss_b_descriptor + 4], al
+    mov [tss_b_descriptor + 7], ah
+    mov dword [tss_b + 0x20], df_task
+    mov dword [tss_b + 0x24], 2
+    mov dword [tss_b + 0x38], df_stack_top
+    mov dword [tss_b + 0x4c], SEL_CODE32
+    mov dword [tss_b + 0x48], SEL_DATA32
+    mov dword [tss_b + 0x50], SEL_DATA32
+    mov dword [tss_b + 0x54], SEL_DATA32
+    mov dword [tss_b + 0x58], SEL_DATA32
+    mov dword [tss_b + 0x5c], SEL_DATA32
+    mov dword [idt32 + 8 * 8], SEL_TSS_B << 16
+    mov dword [idt32 + 8 * 8 + 4], 0x8500          ; present task gate
+    and byte [idt32 + 13 * 8 + 5], 0x7f            ; #GP gate absent
+    RESUME_AT .dft
+    mov ax, 0x88
+    mov fs, ax
+.dft: REPORT "pm double fault through a task gate", 8, 0
+    clts
+    str ax
+    movzx eax, ax
+    CHECK_EQ eax, SEL_TSS, "task register after the task returned"
+    call build_idt32
+
     ; ---- long mode ----
     call build_idt64
     mov eax, tss64
@@ -261,6 +290,18 @@ ring3:
     mov eax, [last_error]
     mov [ring3_results + 20], eax
     int 0x31                            ; DPL-3 gate back to ring 0
+
+; The #DF task: records the error code, makes the interrupted task resume at
+; `resume`, and returns to it with IRET (NT set by the task switch).
+df_task:
+    mov eax, [esp]
+    mov [last_error], eax
+    mov dword [last_vector], 8
+    add esp, 4
+    mov eax, [resume]
+    mov [tss + 0x20], eax
+    iretd
+    jmp df_task
 
 ; ---- 32-bit IDT ----
 build_idt32:
@@ -499,6 +540,9 @@ tss64_descriptor:                      ; 0x48 64-bit TSS, 16 bytes (base patched
     dw 0x67, 0
     db 0, 0x89, 0, 0
     dq 0
+tss_b_descriptor:                      ; 0x58 32-bit TSS of the #DF task
+    dw 0x67, 0
+    db 0, 0x89, 0, 0
 gdt_end:
 gdt_pointer:
     dw gdt_end - gdt - 1
@@ -528,6 +572,9 @@ idt32: times IDT_VECTORS dq 0
 idt64: times IDT_VECTORS * 2 dq 0
 tss: times 0x68 db 0
 tss64: times 0x68 db 0
+tss_b: times 0x68 db 0
+df_stack: times 1024 db 0
+df_stack_top:
 align 16
 ring3_stack: times 1024 db 0
 ring3_stack_top:
