@@ -100,7 +100,10 @@ class Translator {
   Value to_bool(Value v) { return b_.cmp(Op::CmpNe, v, c(v.type, 0)); }
   Value bool_to(Value cond, Type t) { return b_.select(cond, c(t, 1), c(t, 0)); }
   unsigned code_bits() const { return mode_.code == CodeSize::Bits64 ? 64 : mode_.code == CodeSize::Bits32 ? 32 : 16; }
-  unsigned stack_bits() const { return code_bits(); }
+  unsigned stack_bits() const {
+    if (mode_.system && mode_.code != CodeSize::Bits64) return mode_.stack32 ? 32 : 16;
+    return code_bits();
+  }
   uint64_t ip_mask() const {
     return mode_.code == CodeSize::Bits64 ? ~uint64_t{0} : mode_.code == CodeSize::Bits32 ? 0xffffffffu : 0xffffu;
   }

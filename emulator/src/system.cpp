@@ -584,6 +584,7 @@ void update_mode(CpuState& s) {
   if (protected_mode(s) && long_mode_active(s) && (cs & kLong)) s.mode.code = CodeSize::Bits64;
   else s.mode.code = (cs & kDefaultBig) ? CodeSize::Bits32 : CodeSize::Bits16;
   s.mode.flat = (s.seg_base[CS] | s.seg_base[DS] | s.seg_base[ES] | s.seg_base[SS]) == 0;
+  s.mode.stack32 = (s.seg_attrs[SS] & kDefaultBig) != 0;
 }
 
 bool read_descriptor(Cpu& cpu, uint16_t selector, Descriptor& out, bool wide) {

@@ -429,6 +429,29 @@ TEST(SystemMode, NullSelectorsInDataRegistersAndLongModeSs) {
   EXPECT_EQ(m.s.regs[RBX], 7u);
 }
 
+TEST(SystemMode, SixteenBitStackSegmentIn32BitCode) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.code(R"(
+    bits 32
+    org 0x4000
+    mov ax, 0x78               ; 16-bit data segment (B = 0) as SS
+    mov ss, ax
+    mov esp, 0x00018000
+    push dword 0x11223344      ; SP-relative: stored at 0x7ffc, ESP bits 16..31 kept
+    mov ebx, esp
+    pop ecx
+    hlt
+  )");
+  ASSERT_EQ(m.run().reason, StopReason::Halt);
+  EXPECT_EQ(m.s.regs[RBX], 0x00017ffcu);
+  EXPECT_EQ(m.get32(0x7ffc), 0x11223344u);
+  EXPECT_EQ(m.s.regs[RCX], 0x11223344u);
+  EXPECT_EQ(m.s.regs[RSP], 0x00018000u);
+  EXPECT_FALSE(m.s.mode.stack32);
+}
+
 // ---------------- call gates ----------------
 
 TEST(SystemMode, CallGateFromRing3SwitchesStackAndCopiesParameters) {

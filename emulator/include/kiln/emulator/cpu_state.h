@@ -24,7 +24,12 @@ struct CpuMode {
   // differential tests), where system instructions raise #UD and SYSCALL and
   // exceptions return to the caller.
   bool system = false;
-  uint32_t key() const { return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u); }
+  // System mode outside 64-bit code: SS.B, the stack pointer width of implicit stack
+  // accesses (user mode uses the code size).
+  bool stack32 = false;
+  uint32_t key() const {
+    return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) | (system && stack32 ? 16u : 0u);
+  }
 };
 
 namespace rflags {
