@@ -148,9 +148,16 @@ class Translator {
   }
   Value linear(Value ea, ZydisRegister seg) {
     Value base = seg_base(seg);
-    if (!base) return ea;
-    Value sum = b_.add(ea, base);
-    return mode_.code == CodeSize::Bits64 ? sum : b_.zext(b_.zext(sum, Type::I32), Type::I64);
+    Value address = ea;
+    if (base) {
+      Value sum = b_.add(ea, base);
+      address = mode_.code == CodeSize::Bits64 ? sum : b_.zext(b_.zext(sum, Type::I32), Type::I64);
+    }
+    // System mode: segments that are not flat 4 GiB get their limit and usability checked.
+    const unsigned index = static_cast<unsigned>(seg - ZYDIS_REGISTER_ES);
+    if (seg != ZYDIS_REGISTER_NONE && (mode_.checked_segments >> index) & 1)
+      helper(HelperId::SegmentCheck, {address, c64(index)});
+    return address;
   }
   Value truncate_address(Value v, unsigned bits) {
     if (bits == 64) return v;

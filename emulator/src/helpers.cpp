@@ -314,6 +314,7 @@ constexpr HelperInfo kHelpers[] = {
     {"far_return", ir::Type::I64, helper_far_return},        {"iret", ir::Type::I64, helper_iret},
     {"software_interrupt", ir::Type::I64, helper_software_interrupt},
     {"check_selector", ir::Type::I64, helper_check_selector},
+    {"segment_check", ir::Type::Void, helper_segment_check},
 };
 static_assert(std::size(kHelpers) == static_cast<size_t>(HelperId::Count));
 

@@ -2,6 +2,8 @@
 // Every function validates first and commits architectural state last, so a
 // fault leaves registers, segment caches and CPL as they were (memory already
 // written for stack frames or accessed bits stays written, as on hardware).
+// Task switches are the exception the SDM makes: faults after the new task's
+// state is loaded are raised in the new task.
 #include "kiln/emulator/system.h"
 
 #include "kiln/emulator/cpu.h"
@@ -275,9 +277,8 @@ void null_inaccessible_segments(CpuState& s) {
   }
 }
 
-// The target code segment of a far transfer or return: shared descriptor checks.
-// `rpl_rule`: for returns, RPL is the new CPL (must be >= CPL); for JMP/CALL the
-// caller does the privilege checks.
+// The code segment RETF/IRET return to: its RPL becomes the CPL and may not be
+// below the current one; conforming code needs DPL <= RPL, other code DPL = RPL.
 bool check_return_cs(Cpu& cpu, uint16_t selector, Descriptor& d) {
   CpuState& s = cpu.state;
   const unsigned rpl = selector & 3u;
@@ -585,6 +586,17 @@ void update_mode(CpuState& s) {
   else s.mode.code = (cs & kDefaultBig) ? CodeSize::Bits32 : CodeSize::Bits16;
   s.mode.flat = (s.seg_base[CS] | s.seg_base[DS] | s.seg_base[ES] | s.seg_base[SS]) == 0;
   s.mode.stack32 = (s.seg_attrs[SS] & kDefaultBig) != 0;
+  uint8_t checked = 0;
+  if (protected_mode(s) && s.mode.code != CodeSize::Bits64) {
+    for (unsigned seg = ES; seg <= GS; ++seg) {
+      const uint16_t a = s.seg_attrs[seg];
+      const bool usable = (a & kPresent) && (a & kS);
+      const bool code = a & kCode;
+      const bool flat4g = s.seg_limit[seg] == 0xffffffffu && (code ? (a & kReadable) : !(a & kExpandDown));
+      if (!usable || !flat4g) checked |= static_cast<uint8_t>(1u << seg);
+    }
+  }
+  s.mode.checked_segments = checked;
 }
 
 bool read_descriptor(Cpu& cpu, uint16_t selector, Descriptor& out, bool wide) {
@@ -937,6 +949,18 @@ uint64_t helper_software_interrupt(Cpu& cpu, uint64_t vector, uint64_t length, u
   if ((kind & kSoftwareInterruptInto) && !(read_rflags(s) & rflags::OF)) return next;  // INTO without overflow
   if (!deliver_event(cpu, static_cast<uint8_t>(vector), static_cast<EventKind>(kind & 0xff), 0, next)) return 0;
   return s.rip;
+}
+
+uint64_t helper_segment_check(Cpu& cpu, uint64_t linear, uint64_t seg, uint64_t, uint64_t) {
+  CpuState& s = cpu.state;
+  const uint16_t a = s.seg_attrs[seg];
+  const uint64_t offset = (linear - s.seg_base[seg]) & 0xffffffffu;
+  const uint32_t limit = s.seg_limit[seg];
+  bool ok = (a & kPresent) && (a & kS);
+  if (ok && !(a & kCode) && (a & kExpandDown)) ok = offset > limit && offset <= ((a & kDefaultBig) ? 0xffffffffu : 0xffffu);
+  else if (ok) ok = offset <= limit;
+  if (!ok) fail(s, seg == SS ? Vector::SS : Vector::GP);
+  return 0;
 }
 
 uint64_t helper_check_selector(Cpu& cpu, uint64_t selector_raw, uint64_t which, uint64_t source, uint64_t) {

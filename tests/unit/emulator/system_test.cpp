@@ -452,6 +452,35 @@ TEST(SystemMode, SixteenBitStackSegmentIn32BitCode) {
   EXPECT_FALSE(m.s.mode.stack32);
 }
 
+TEST(SystemMode, SegmentLimitAndNullSegmentChecks) {
+  REQUIRE_NASM();
+  struct Case {
+    const char* code;
+    unsigned vector;
+  };
+  for (Case c : {Case{"mov eax, [0xfffe]", 0},          // inside the 64 KiB limit (may straddle: not checked)
+                 Case{"mov eax, [0x10000]", 13},        // beyond the limit
+                 Case{"mov eax, [es:0x1fff0]", 13},     // expand-down, limit 0x1ffff: at or below the limit is invalid
+                 Case{"mov eax, [es:0x30000]", 0},      // expand-down: above the limit is valid
+                 Case{"xor eax, eax\nmov fs, ax\nmov eax, [fs:0]", 13},  // null FS
+                 Case{"mov esp, 0x10004\npush eax", 12}}) {  // SS limit
+    Machine m;
+    m.protected32();
+    m.gdt(0x80, segment(0, 0xffff, 0x92, 0x4));    // 32-bit data, 64 KiB limit
+    m.gdt(0x88, segment(0, 0x1ffff, 0x96, 0x4));   // expand-down data, limit 0x1ffff
+    m.s.sys.gdtr.limit = 0x8f;
+    m.idt32(0, desc_type::kInterruptGate32, 0);
+    m.code(std::string("bits 32\norg 0x4000\nmov ax, 0x80\nmov ds, ax\nmov ss, ax\nmov ax, 0x88\nmov es, ax\n") +
+           c.code + "\nxor edx, edx\ndiv edx\n");  // #DE (vector 0) when no fault came first
+    m.s.regs[RSP] = 0x9000;
+    m.expect_handler(c.vector);
+    if (c.vector != 0) {
+      const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
+      EXPECT_EQ(m.get32(esp), 0u) << c.code;
+    }
+  }
+}
+
 // ---------------- call gates ----------------
 
 TEST(SystemMode, CallGateFromRing3SwitchesStackAndCopiesParameters) {

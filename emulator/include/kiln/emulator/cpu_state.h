@@ -27,8 +27,12 @@ struct CpuMode {
   // System mode outside 64-bit code: SS.B, the stack pointer width of implicit stack
   // accesses (user mode uses the code size).
   bool stack32 = false;
+  // System mode, protected mode outside 64-bit code: bit i set when segment i (Seg) is not
+  // a usable flat 4 GiB segment, so its accesses are limit-checked.
+  uint8_t checked_segments = 0;
   uint32_t key() const {
-    return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) | (system && stack32 ? 16u : 0u);
+    return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) | (system && stack32 ? 16u : 0u) |
+           (system ? uint32_t{checked_segments} << 5 : 0u);
   }
 };
 
