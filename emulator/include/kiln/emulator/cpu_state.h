@@ -25,8 +25,10 @@ struct CpuMode {
   // exceptions return to the caller.
   bool system = false;
   // System mode outside 64-bit code: SS.B, the stack pointer width of implicit stack
-  // accesses (user mode uses the code size).
-  bool stack32 = false;
+  // accesses (user mode uses the code size). update_mode() (system.h) computes this
+  // and the field below; a machine setting CpuMode by hand for 32-bit code gets the
+  // usual 32-bit stack from the default.
+  bool stack32 = true;
   // System mode, protected mode outside 64-bit code: bit i set when segment i (Seg) is not
   // a usable flat 4 GiB segment, so its accesses are limit-checked.
   uint8_t checked_segments = 0;
