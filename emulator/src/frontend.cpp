@@ -101,7 +101,7 @@ class Translator {
   Value bool_to(Value cond, Type t) { return b_.select(cond, c(t, 1), c(t, 0)); }
   unsigned code_bits() const { return mode_.code == CodeSize::Bits64 ? 64 : mode_.code == CodeSize::Bits32 ? 32 : 16; }
   unsigned stack_bits() const {
-    if (mode_.system && mode_.code != CodeSize::Bits64) return mode_.stack32 ? 32 : 16;
+    if (mode_.system && mode_.code != CodeSize::Bits64 && mode_.stack_bits != 0) return mode_.stack_bits;
     return code_bits();
   }
   uint64_t ip_mask() const {

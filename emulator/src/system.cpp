@@ -425,7 +425,7 @@ uint64_t far_transfer(Cpu& cpu, uint16_t selector, uint64_t offset, unsigned bit
                       FarKind kind) {
   CpuState& s = cpu.state;
   offset &= width_mask(bits);
-  if (!protected_mode(s)) {
+  if (!in_protected_mode(s)) {
     if (kind == FarKind::Call) {
       const unsigned bytes = bits / 8;
       StackWriter stack(cpu, s.seg_base[SS], s.regs[RSP], stack_bits(s), false);
@@ -582,12 +582,12 @@ bool deliver_with_nesting(Cpu& cpu, uint8_t vector, EventKind kind, uint32_t err
 
 void update_mode(CpuState& s) {
   const uint16_t cs = s.seg_attrs[CS];
-  if (protected_mode(s) && long_mode_active(s) && (cs & kLong)) s.mode.code = CodeSize::Bits64;
+  if (in_protected_mode(s) && long_mode_active(s) && (cs & kLong)) s.mode.code = CodeSize::Bits64;
   else s.mode.code = (cs & kDefaultBig) ? CodeSize::Bits32 : CodeSize::Bits16;
   s.mode.flat = (s.seg_base[CS] | s.seg_base[DS] | s.seg_base[ES] | s.seg_base[SS]) == 0;
-  s.mode.stack32 = (s.seg_attrs[SS] & kDefaultBig) != 0;
+  s.mode.stack_bits = (s.seg_attrs[SS] & kDefaultBig) ? 32 : 16;
   uint8_t checked = 0;
-  if (protected_mode(s) && s.mode.code != CodeSize::Bits64) {
+  if (in_protected_mode(s) && s.mode.code != CodeSize::Bits64) {
     for (unsigned seg = ES; seg <= GS; ++seg) {
       const uint16_t a = s.seg_attrs[seg];
       const bool usable = (a & kPresent) && (a & kS);
@@ -608,7 +608,7 @@ bool read_descriptor(Cpu& cpu, uint16_t selector, Descriptor& out, bool wide) {
 
 bool load_data_segment(Cpu& cpu, Seg seg, uint16_t selector) {
   CpuState& s = cpu.state;
-  if (!protected_mode(s)) {
+  if (!in_protected_mode(s)) {
     // Real mode: only selector and base change (limit and attributes stay, as on hardware).
     s.seg_selector[seg] = selector;
     s.seg_base[seg] = uint64_t{selector} << 4;
@@ -697,7 +697,7 @@ bool exception_has_error_code(uint8_t vector) {
 bool deliver_event(Cpu& cpu, uint8_t vector, EventKind kind, uint32_t error_code, uint64_t return_rip) {
   CpuState& s = cpu.state;
   const uint64_t old_flags = read_rflags(s);
-  if (!protected_mode(s)) {
+  if (!in_protected_mode(s)) {
     // Real mode: IVT entry (IP, CS), 16-bit frame FLAGS, CS, IP.
     uint64_t entry = 0;
     if (uint64_t{vector} * 4 + 3 > s.sys.idtr.limit) return fail(s, Vector::GP);
@@ -838,7 +838,7 @@ uint64_t helper_far_return(Cpu& cpu, uint64_t bits, uint64_t pop_bytes, uint64_t
   if (!read_stack(cpu, 0, bytes, offset) || !read_stack(cpu, bytes, bytes, selector_raw)) return 0;
   const uint16_t selector = static_cast<uint16_t>(selector_raw);
   const unsigned old_bits = stack_bits(s);
-  if (!protected_mode(s)) {
+  if (!in_protected_mode(s)) {
     s.regs[RSP] = merge_sp(s.regs[RSP], s.regs[RSP] + 2 * bytes + pop_bytes, old_bits);
     commit_real_cs(s, selector);
     return offset;
@@ -876,7 +876,7 @@ uint64_t helper_iret(Cpu& cpu, uint64_t bits, uint64_t next_offset, uint64_t, ui
                      kIOPL = 3u << 12;
   const unsigned bytes = static_cast<unsigned>(bits / 8);
   const uint64_t old_flags = read_rflags(s);
-  if (protected_mode(s) && (old_flags & kNT)) {
+  if (in_protected_mode(s) && (old_flags & kNT)) {
     if (long_mode_active(s)) return fail(s, Vector::GP), 0;
     // Return to the task in the back link of the current TSS (which must be a busy TSS).
     uint64_t link = 0;
@@ -898,7 +898,7 @@ uint64_t helper_iret(Cpu& cpu, uint64_t bits, uint64_t next_offset, uint64_t, ui
     return 0;
   const uint16_t selector = static_cast<uint16_t>(selector_raw);
   const unsigned old_bits = stack_bits(s);
-  if (!protected_mode(s)) {
+  if (!in_protected_mode(s)) {
     uint64_t changeable = bits == 16 ? 0xffff : 0x257fd5;  // VM, VIF, VIP keep their values
     write_rflags(s, (old_flags & ~changeable) | (flags & changeable));
     s.regs[RSP] = merge_sp(s.regs[RSP], s.regs[RSP] + 3 * bytes, old_bits);
@@ -966,7 +966,7 @@ uint64_t helper_segment_check(Cpu& cpu, uint64_t linear, uint64_t seg, uint64_t,
 uint64_t helper_check_selector(Cpu& cpu, uint64_t selector_raw, uint64_t which, uint64_t source, uint64_t) {
   CpuState& s = cpu.state;
   // Not recognised in real mode.
-  if (!protected_mode(s)) return fail(s, Vector::UD), 0;
+  if (!in_protected_mode(s)) return fail(s, Vector::UD), 0;
   const uint16_t selector = static_cast<uint16_t>(selector_raw);
   uint64_t flags = read_rflags(s) & ~rflags::ZF;
   if (which == 4) {  // ARPL: raise the destination's RPL to the source's

@@ -449,7 +449,7 @@ TEST(SystemMode, SixteenBitStackSegmentIn32BitCode) {
   EXPECT_EQ(m.get32(0x7ffc), 0x11223344u);
   EXPECT_EQ(m.s.regs[RCX], 0x11223344u);
   EXPECT_EQ(m.s.regs[RSP], 0x00018000u);
-  EXPECT_FALSE(m.s.mode.stack32);
+  EXPECT_EQ(m.s.mode.stack_bits, 16u);
 }
 
 TEST(SystemMode, SegmentLimitAndNullSegmentChecks) {

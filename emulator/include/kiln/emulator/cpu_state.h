@@ -24,17 +24,17 @@ struct CpuMode {
   // differential tests), where system instructions raise #UD and SYSCALL and
   // exceptions return to the caller.
   bool system = false;
-  // System mode outside 64-bit code: SS.B, the stack pointer width of implicit stack
-  // accesses (user mode uses the code size). update_mode() (system.h) computes this
-  // and the field below; a machine setting CpuMode by hand for 32-bit code gets the
-  // usual 32-bit stack from the default.
-  bool stack32 = true;
+  // System mode outside 64-bit code: the stack pointer width of implicit stack
+  // accesses from SS.B, 16 or 32; 0 means "the code size" (user mode, and a machine
+  // that sets CpuMode by hand). update_mode() (system.h) computes this and the
+  // field below.
+  uint8_t stack_bits = 0;
   // System mode, protected mode outside 64-bit code: bit i set when segment i (Seg) is not
   // a usable flat 4 GiB segment, so its accesses are limit-checked.
   uint8_t checked_segments = 0;
   uint32_t key() const {
-    return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) | (system && stack32 ? 16u : 0u) |
-           (system ? uint32_t{checked_segments} << 5 : 0u);
+    return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) |
+           (system ? (stack_bits == 16 ? 16u : stack_bits == 32 ? 32u : 0u) | uint32_t{checked_segments} << 6 : 0u);
   }
 };
 

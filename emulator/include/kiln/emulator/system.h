@@ -20,7 +20,7 @@ namespace kiln::emu {
 class Cpu;
 
 // ---- modes ----
-inline bool protected_mode(const CpuState& s) { return (s.sys.cr0 & cr0::PE) != 0; }
+inline bool in_protected_mode(const CpuState& s) { return (s.sys.cr0 & cr0::PE) != 0; }
 inline bool long_mode_active(const CpuState& s) { return (s.sys.efer & efer::LMA) != 0; }
 // Recomputes CpuMode::code (real 16, protected 16/32 from CS.D, long mode 64 from
 // CS.L or compatibility 16/32) and CpuMode::flat from CR0.PE, EFER.LMA and the
