@@ -182,7 +182,7 @@ RunResult Cpu::run(uint64_t max_insns) {
     state.tsc += r.insns;
     if (log_ && (log_mask_ & kLogCpu)) log_cpu_state();
     if (r.exception) {
-      if (!system) {
+      if (!system || exception_intercepted(static_cast<uint8_t>(state.exception.vector))) {
         result.reason = StopReason::Exception;
         return result;
       }

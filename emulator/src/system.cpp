@@ -947,6 +947,10 @@ uint64_t helper_software_interrupt(Cpu& cpu, uint64_t vector, uint64_t length, u
   CpuState& s = cpu.state;
   const uint64_t next = (s.rip + length) & width_mask(code_bits(s));
   if ((kind & kSoftwareInterruptInto) && !(read_rflags(s) & rflags::OF)) return next;  // INTO without overflow
+  if (static_cast<EventKind>(kind & 0xff) != EventKind::Software && cpu.exception_intercepted(static_cast<uint8_t>(vector))) {
+    s.rip = next;  // reported as a trap, after the instruction
+    return fail(s, static_cast<Vector>(vector)), 0;
+  }
   if (!deliver_event(cpu, static_cast<uint8_t>(vector), static_cast<EventKind>(kind & 0xff), 0, next)) return 0;
   return s.rip;
 }

@@ -959,6 +959,24 @@ TEST(SystemMode, FaultLoopStillReturnsToTheCaller) {
   EXPECT_EQ(m.run(1000).reason, StopReason::InsnLimit);
 }
 
+TEST(SystemMode, InterceptedExceptionsStopTheRunUndelivered) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.cpu.set_exception_intercepts((1u << 3) | (1u << 13));
+  m.code("bits 32\norg 0x4000\nint3\nmov ax, 0x88\nmov ds, ax\nud2\n");
+  ASSERT_EQ(m.run().reason, StopReason::Exception);
+  EXPECT_EQ(m.s.exception.vector, Vector::BP);
+  EXPECT_EQ(m.s.rip, kCode + 1);  // a trap: after INT3
+  EXPECT_EQ(m.s.regs[RSP], kStack0);
+  ASSERT_EQ(m.run().reason, StopReason::Exception);
+  EXPECT_EQ(m.s.exception.vector, Vector::GP);
+  EXPECT_EQ(m.s.exception.error_code, 0x88u);
+  EXPECT_EQ(m.s.rip, kCode + 5);  // a fault: at MOV DS
+  m.s.rip += 2;
+  m.expect_handler(6);  // #UD is not intercepted: delivered
+}
+
 TEST(SystemMode, HltAtRing3IsGeneralProtection) {
   REQUIRE_NASM();
   Machine m;

@@ -113,6 +113,12 @@ class Cpu {
   void set_io_bus(IoBus* bus) { io_ = bus; }
   IoBus* io_bus() { return io_; }
   void set_interrupt_controller(InterruptController* pic) { pic_ = pic; }
+  // System mode: exceptions whose vector bit is set (0..31; INT3/INTO included,
+  // INT n not) are not delivered but stop run() with StopReason::Exception and the
+  // state as user mode reports it (faults at the instruction, traps after it), like
+  // a VMX exception bitmap: for debuggers (#BP, #DB) and tests without an IDT.
+  void set_exception_intercepts(uint32_t vectors) { exception_intercepts_ = vectors; }
+  bool exception_intercepted(uint8_t vector) const { return vector < 32 && ((exception_intercepts_ >> vector) & 1); }
 
   // TLB maintenance for MOV CR0/CR3/CR4, INVLPG and EFER writes. Flushing more
   // than the architecture requires is always correct; the soft MMU narrows it.
@@ -173,6 +179,7 @@ class Cpu {
   Memory& memory_;
   IoBus* io_ = nullptr;
   InterruptController* pic_ = nullptr;
+  uint32_t exception_intercepts_ = 0;
   std::atomic<bool> exit_request_{false};
   TbCache cache_;
   TranslateOptions options_;
