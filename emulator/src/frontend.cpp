@@ -731,8 +731,14 @@ void Translator::string_op(ZydisMnemonic m) {
       src_seg = ops_[i].mem.segment;
   Value delta = df_delta(size);
   Value rsi = read_gpr(reg_ref(RSI, at)), rdi = read_gpr(reg_ref(RDI, at));
-  Value src = linear(b_.zext(rsi, Type::I64), src_seg);
-  Value dst = linear(b_.zext(rdi, Type::I64), ZYDIS_REGISTER_ES);
+  // Only the segments the instruction uses are addressed (and, in system mode, checked).
+  const bool stores_or_scans = m == ZYDIS_MNEMONIC_STOSB || m == ZYDIS_MNEMONIC_STOSW || m == ZYDIS_MNEMONIC_STOSD ||
+                               m == ZYDIS_MNEMONIC_STOSQ || m == ZYDIS_MNEMONIC_SCASB || m == ZYDIS_MNEMONIC_SCASW ||
+                               m == ZYDIS_MNEMONIC_SCASD || m == ZYDIS_MNEMONIC_SCASQ;
+  const bool loads = m == ZYDIS_MNEMONIC_LODSB || m == ZYDIS_MNEMONIC_LODSW || m == ZYDIS_MNEMONIC_LODSD ||
+                     m == ZYDIS_MNEMONIC_LODSQ;
+  Value src = stores_or_scans ? Value{} : linear(b_.zext(rsi, Type::I64), src_seg);
+  Value dst = loads ? Value{} : linear(b_.zext(rdi, Type::I64), ZYDIS_REGISTER_ES);
   Value new_rsi = b_.add(rsi, b_.zext(delta, at)), new_rdi = b_.add(rdi, b_.zext(delta, at));
   GprRef acc = reg_ref(RAX, t);
   switch (m) {

@@ -481,6 +481,33 @@ TEST(SystemMode, SegmentLimitAndNullSegmentChecks) {
   }
 }
 
+TEST(SystemMode, StringInstructionsCheckOnlyTheSegmentsTheyUse) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.code(R"(
+    bits 32
+    org 0x4000
+    xor eax, eax
+    mov ds, ax                 ; DS unusable: STOS (ES only) still works
+    mov edi, 0xd000
+    mov eax, 0x12345678
+    stosd
+    mov ax, 0x10
+    mov ds, ax
+    xor eax, eax
+    mov es, ax                 ; ES unusable: LODS (DS only) still works
+    mov esi, 0xd000
+    lodsd
+    mov ebx, eax
+    mov edi, 0xd000
+    stosd                      ; ES unusable: #GP(0)
+  )");
+  m.expect_handler(13);
+  EXPECT_EQ(m.s.regs[RBX], 0x12345678u);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), 0u);
+}
+
 // ---------------- call gates ----------------
 
 TEST(SystemMode, CallGateFromRing3SwitchesStackAndCopiesParameters) {
