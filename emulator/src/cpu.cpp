@@ -11,6 +11,7 @@
 #include "kiln/emulator/lazy_flags.h"
 #include "kiln/emulator/privileged.h"
 #include "kiln/emulator/physical_memory.h"
+#include "kiln/emulator/system.h"
 
 namespace kiln::emu {
 
@@ -531,6 +532,31 @@ void Cpu::log_cpu_state() {
   fmt::print(log_, "{}RIP={:016x} RFL={:08x}\n", line, state.rip, read_rflags(state));
 }
 
+bool Cpu::system_boundary(StopReason& reason) {
+  const bool exit_requested =
+      exit_request_.load(std::memory_order_relaxed) && exit_request_.exchange(false, std::memory_order_acquire);
+  SystemState& sys = state.sys;
+  // The interrupt shadow of STI / MOV SS / POP SS covers the rest of the block that set it.
+  if (!sys.interrupt_shadow && (state.rflags_other & rflags::IF) && pic_ && pic_->pending()) {
+    const uint8_t vector = pic_->acknowledge();
+    sys.halted = false;
+    if (!deliver_external_interrupt(*this, vector)) {
+      reason = StopReason::Reset;
+      return true;
+    }
+  }
+  sys.interrupt_shadow = false;
+  if (sys.halted) {
+    reason = StopReason::Halt;
+    return true;
+  }
+  if (exit_requested) {
+    reason = StopReason::ExitRequest;
+    return true;
+  }
+  return false;
+}
+
 RunResult Cpu::run(uint64_t max_insns) {
   RunResult result;
   state.exception = PendingException{};
@@ -541,11 +567,34 @@ RunResult Cpu::run(uint64_t max_insns) {
     flush_tlb();
     cache_.flush();
   }
-  while (result.insns < max_insns) {
-    TranslatedBlock* tb = next_block();
-    if (!tb) {  // the block's first byte cannot be fetched (state.exception, CR2 set)
+  const bool system = state.mode.system;
+  // Delivered exceptions count against the budget too: a guest faulting in a loop
+  // without completing an instruction must still return to the caller.
+  uint64_t deliveries = 0;
+  // An exception left the block (or its first byte could not be fetched): true
+  // when run() returns; in system mode it is delivered through the IDT instead.
+  auto take_exception = [&] {
+    note_page_fault();
+    if (!system || exception_intercepted(static_cast<uint8_t>(state.exception.vector))) {
       result.reason = StopReason::Exception;
+      return true;
+    }
+    if (!deliver_exception(*this)) {  // a failure here is a triple fault
+      result.reason = StopReason::Reset;
+      return true;
+    }
+    ++deliveries;
+    return false;
+  };
+  // The boundary check runs before each block, not after the last one, so an interrupt
+  // shadow set by the last block survives until the next run().
+  while (result.insns + deliveries < max_insns) {
+    if (system && system_boundary(result.reason)) [[unlikely]]
       return result;
+    TranslatedBlock* tb = next_block();
+    if (!tb) {  // the block's first byte cannot be fetched (state.exception set)
+      if (take_exception()) return result;
+      continue;
     }
     if (log_ && (log_mask_ & kLogExec))
       fmt::print(log_, "Trace 0: {} [{:016x}/{:x}]\n", static_cast<const void*>(tb), tb->pc, tb->mode);
@@ -558,23 +607,28 @@ RunResult Cpu::run(uint64_t max_insns) {
     if (log_ && (log_mask_ & kLogCpu)) log_cpu_state();
     if (restart_after_smc(r)) continue;
     if (r.exception) {
-      note_page_fault();
-      result.reason = StopReason::Exception;
-      return result;
+      if (take_exception()) return result;
+      continue;
     }
     state.rip = r.next_pc;
     if (state.stop_request) {
+      if (system && state.stop_request == kStopHalt) {
+        // HLT (sys.halted set): the next boundary takes a deliverable interrupt or returns Halt.
+        state.stop_request = 0;
+        continue;
+      }
       result.reason = state.stop_request & kStopHalt ? StopReason::Halt : StopReason::Syscall;
       return result;
     }
-    // A device or timer thread asked for attention (interrupt, exit, reset).
-    if (exit_request_.load(std::memory_order_acquire)) [[unlikely]] {
+    // A device or timer thread asked for attention (interrupt, exit, reset);
+    // system mode takes pending interrupts first, at the next boundary.
+    if (!system && exit_request_.load(std::memory_order_acquire)) [[unlikely]] {
       exit_request_.store(false, std::memory_order_relaxed);
       result.reason = StopReason::ExitRequest;
       return result;
     }
   }
-  result.reason = StopReason::InsnLimit;
+  result.reason = system && state.sys.halted ? StopReason::Halt : StopReason::InsnLimit;
   return result;
 }
 

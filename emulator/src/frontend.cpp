@@ -11,6 +11,7 @@
 #include "kiln/emulator/ir_builder.h"
 #include "kiln/emulator/ir_passes.h"
 #include "kiln/emulator/privileged.h"
+#include "kiln/emulator/system.h"
 #include "kiln/emulator/fp_eval.h"
 #include "kiln/emulator/vec_eval.h"
 
@@ -88,7 +89,10 @@ class Translator {
   Value to_bool(Value v) { return b_.cmp(Op::CmpNe, v, c(v.type, 0)); }
   Value bool_to(Value cond, Type t) { return b_.select(cond, c(t, 1), c(t, 0)); }
   unsigned code_bits() const { return mode_.code == CodeSize::Bits64 ? 64 : mode_.code == CodeSize::Bits32 ? 32 : 16; }
-  unsigned stack_bits() const { return code_bits(); }
+  unsigned stack_bits() const {
+    if (mode_.system && mode_.code != CodeSize::Bits64 && mode_.stack_bits != 0) return mode_.stack_bits;
+    return code_bits();
+  }
   uint64_t ip_mask() const {
     return mode_.code == CodeSize::Bits64 ? ~uint64_t{0} : mode_.code == CodeSize::Bits32 ? 0xffffffffu : 0xffffu;
   }
@@ -133,9 +137,16 @@ class Translator {
   }
   Value linear(Value ea, ZydisRegister seg) {
     Value base = seg_base(seg);
-    if (!base) return ea;
-    Value sum = b_.add(ea, base);
-    return mode_.code == CodeSize::Bits64 ? sum : b_.zext(b_.zext(sum, Type::I32), Type::I64);
+    Value address = ea;
+    if (base) {
+      Value sum = b_.add(ea, base);
+      address = mode_.code == CodeSize::Bits64 ? sum : b_.zext(b_.zext(sum, Type::I32), Type::I64);
+    }
+    // System mode: segments that are not flat 4 GiB get their limit and usability checked.
+    const unsigned index = static_cast<unsigned>(seg - ZYDIS_REGISTER_ES);
+    if (seg != ZYDIS_REGISTER_NONE && (mode_.checked_segments >> index) & 1)
+      helper(HelperId::SegmentCheck, {address, c64(index)});
+    return address;
   }
   Value truncate_address(Value v, unsigned bits) {
     if (bits == 64) return v;
@@ -284,6 +295,14 @@ class Translator {
     return b_.emit(Op::CallHelper, Type::I64, {c64(static_cast<uint64_t>(op)), b, c, d},
                    static_cast<uint64_t>(HelperId::System));
   }
+  // Segmentation and control transfers (system mode; helpers in system.cpp).
+  bool is_segment(unsigned i) const {
+    return is_reg(i) && ZydisRegisterGetClass(ops_[i].reg.value) == ZYDIS_REGCLASS_SEGMENT;
+  }
+  unsigned segment_index(unsigned i) const { return static_cast<unsigned>(ops_[i].reg.value - ZYDIS_REGISTER_ES); }
+  void segment_insn(ZydisMnemonic m);
+  void far_branch(ZydisMnemonic m);
+  void software_interrupt(uint8_t vector, uint64_t kind);
   bool uses_mmx() const {
     for (unsigned i = 0; i < insn_.operand_count; ++i)
       if (is_reg(i) && ZydisRegisterGetClass(ops_[i].reg.value) == ZYDIS_REGCLASS_MMX) return true;
@@ -723,8 +742,14 @@ void Translator::string_op(ZydisMnemonic m) {
       src_seg = ops_[i].mem.segment;
   Value delta = df_delta(size);
   Value rsi = read_gpr(reg_ref(RSI, at)), rdi = read_gpr(reg_ref(RDI, at));
-  Value src = linear(b_.zext(rsi, Type::I64), src_seg);
-  Value dst = linear(b_.zext(rdi, Type::I64), ZYDIS_REGISTER_ES);
+  // Only the segments the instruction uses are addressed (and, in system mode, checked).
+  const bool stores_or_scans = m == ZYDIS_MNEMONIC_STOSB || m == ZYDIS_MNEMONIC_STOSW || m == ZYDIS_MNEMONIC_STOSD ||
+                               m == ZYDIS_MNEMONIC_STOSQ || m == ZYDIS_MNEMONIC_SCASB || m == ZYDIS_MNEMONIC_SCASW ||
+                               m == ZYDIS_MNEMONIC_SCASD || m == ZYDIS_MNEMONIC_SCASQ;
+  const bool loads = m == ZYDIS_MNEMONIC_LODSB || m == ZYDIS_MNEMONIC_LODSW || m == ZYDIS_MNEMONIC_LODSD ||
+                     m == ZYDIS_MNEMONIC_LODSQ;
+  Value src = stores_or_scans ? Value{} : linear(b_.zext(rsi, Type::I64), src_seg);
+  Value dst = loads ? Value{} : linear(b_.zext(rdi, Type::I64), ZYDIS_REGISTER_ES);
   Value new_rsi = b_.add(rsi, b_.zext(delta, at)), new_rdi = b_.add(rdi, b_.zext(delta, at));
   GprRef acc = reg_ref(RAX, t);
   switch (m) {
@@ -1012,17 +1037,19 @@ void Translator::branch(ZydisMnemonic m) {
   switch (m) {
     case ZYDIS_MNEMONIC_JMP:
       if (ops_[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE) return end_exit(branch_target());
-      if (ops_[0].type == ZYDIS_OPERAND_TYPE_POINTER || (insn_.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR)) return raise(Vector::UD);
+      if (ops_[0].type == ZYDIS_OPERAND_TYPE_POINTER || (insn_.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR))
+        return mode_.system ? far_branch(m) : raise(Vector::UD);
       return end_indirect(operand(0, op_type()));
     case ZYDIS_MNEMONIC_CALL: {
-      if (ops_[0].type == ZYDIS_OPERAND_TYPE_POINTER || (insn_.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR)) return raise(Vector::UD);
+      if (ops_[0].type == ZYDIS_OPERAND_TYPE_POINTER || (insn_.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR))
+        return mode_.system ? far_branch(m) : raise(Vector::UD);
       const Type t = op_type();
       Value target = ops_[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? c(t, branch_target()) : operand(0, t);
       push(c(t, next_pc_));
       return end_indirect(target);
     }
     case ZYDIS_MNEMONIC_RET: {
-      if (insn_.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return raise(Vector::UD);
+      if (insn_.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return mode_.system ? far_branch(m) : raise(Vector::UD);
       const Type t = op_type();
       auto [target, new_rsp] = pop_value(t);
       if (insn_.operand_count_visible > 0 && ops_[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE)
@@ -1852,6 +1879,103 @@ bool Translator::system_insn(ZydisMnemonic m) {
   }
 }
 
+void Translator::segment_insn(ZydisMnemonic m) {
+  switch (m) {
+    case ZYDIS_MNEMONIC_MOV: {
+      if (is_segment(1)) {  // MOV r/m, Sreg
+        Value selector = helper(HelperId::ReadSelector, {c64(segment_index(1))});
+        Loc d = loc(0);
+        return put(d, b_.zext(selector, d.type));
+      }
+      if (ops_[0].reg.value == ZYDIS_REGISTER_CS) return raise(Vector::UD);
+      Value selector = operand(1, Type::I16);
+      helper(HelperId::LoadSegment, {c64(segment_index(0)), b_.zext(selector, Type::I64)});
+      return end_exit(next_pc_);  // bases (flat) and the MOV SS interrupt shadow take effect at a TB boundary
+    }
+    case ZYDIS_MNEMONIC_PUSH: {
+      // A 32/64-bit push of a segment register writes only the 16-bit selector (recent Intel parts).
+      Value selector = helper(HelperId::ReadSelector, {c64(segment_index(0))});
+      Value rsp = full_reg(RSP);
+      Value new_rsp = stack_pointer_plus(rsp, -static_cast<int64_t>(insn_.operand_width / 8));
+      b_.store(stack_address(new_rsp), b_.zext(selector, Type::I16));
+      write_rsp(new_rsp);
+      return;
+    }
+    case ZYDIS_MNEMONIC_POP: {
+      auto [v, new_rsp] = pop_value(op_type());
+      helper(HelperId::LoadSegment, {c64(segment_index(0)), b_.zext(b_.zext(v, Type::I16), Type::I64)});
+      write_rsp(new_rsp);
+      return end_exit(next_pc_);
+    }
+    case ZYDIS_MNEMONIC_LDS: case ZYDIS_MNEMONIC_LES: case ZYDIS_MNEMONIC_LFS: case ZYDIS_MNEMONIC_LGS:
+    case ZYDIS_MNEMONIC_LSS: {
+      if (ops_[1].type != ZYDIS_OPERAND_TYPE_MEMORY) return raise(Vector::UD);
+      static constexpr Seg kSegs[] = {DS, ES, FS, GS, SS};
+      const Seg seg = kSegs[m == ZYDIS_MNEMONIC_LDS ? 0 : m == ZYDIS_MNEMONIC_LES ? 1 : m == ZYDIS_MNEMONIC_LFS ? 2
+                              : m == ZYDIS_MNEMONIC_LGS ? 3 : 4];
+      const Type t = op_type();
+      Value addr = mem_address(ops_[1]);
+      Value offset = b_.load(t, addr);
+      Value selector = b_.load(Type::I16, b_.add(addr, c64(ir::type_bits(t) / 8)));
+      helper(HelperId::LoadSegment, {c64(seg), b_.zext(selector, Type::I64), c64(1)});
+      write_gpr(gpr(ops_[0].reg.value), offset);
+      return end_exit(next_pc_);
+    }
+    case ZYDIS_MNEMONIC_LAR: case ZYDIS_MNEMONIC_LSL: {
+      Value selector = operand(1, Type::I16);
+      Value r = helper(HelperId::CheckSelector, {b_.zext(selector, Type::I64), c64(m == ZYDIS_MNEMONIC_LAR ? 0 : 1)});
+      GprRef d = gpr(ops_[0].reg.value);
+      // The destination is written (32-bit: zero-extended) only when ZF reports success.
+      b_.set_reg(d.index, b_.select(cc_cond(4), merged_gpr(d, b_.zext(r, d.type)), full_reg(d.index)));
+      return;
+    }
+    case ZYDIS_MNEMONIC_VERR: case ZYDIS_MNEMONIC_VERW: {
+      Value selector = operand(0, Type::I16);
+      helper(HelperId::CheckSelector, {b_.zext(selector, Type::I64), c64(m == ZYDIS_MNEMONIC_VERR ? 2 : 3)});
+      return;
+    }
+    case ZYDIS_MNEMONIC_ARPL: {
+      Loc d = loc(0);
+      Value dst = get(d);
+      if (d.is_mem) b_.store(d.addr, dst);  // the destination must be writable before flags change
+      Value r = helper(HelperId::CheckSelector, {b_.zext(dst, Type::I64), c64(4), b_.zext(operand(1, Type::I16), Type::I64)});
+      return put(d, b_.zext(r, Type::I16));
+    }
+    default: return raise(Vector::UD);
+  }
+}
+
+void Translator::far_branch(ZydisMnemonic m) {
+  unsigned bits = insn_.operand_width;
+  if (m == ZYDIS_MNEMONIC_IRET || m == ZYDIS_MNEMONIC_IRETD || m == ZYDIS_MNEMONIC_IRETQ)
+    return end_indirect(helper(HelperId::Iret, {c64(bits), c64(next_pc_)}));
+  if (m == ZYDIS_MNEMONIC_RET) {
+    const uint64_t pop = insn_.operand_count_visible > 0 && ops_[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE
+                             ? ops_[0].imm.value.u & 0xffff : 0;
+    return end_indirect(helper(HelperId::FarReturn, {c64(bits), c64(pop)}));
+  }
+  Value selector, offset;
+  if (ops_[0].type == ZYDIS_OPERAND_TYPE_POINTER) {
+    selector = c64(ops_[0].ptr.segment);
+    offset = c64(ops_[0].ptr.offset);
+  } else {
+    if (ops_[0].type != ZYDIS_OPERAND_TYPE_MEMORY) return raise(Vector::UD);
+    // m16:16, m16:32 or m16:64: the operand size is the offset's plus the selector's.
+    const unsigned offset_bits = ops_[0].size - 16;
+    Value addr = mem_address(ops_[0]);
+    offset = b_.zext(b_.load(ir::int_type(offset_bits), addr), Type::I64);
+    selector = b_.zext(b_.load(Type::I16, b_.add(addr, c64(offset_bits / 8))), Type::I64);
+    bits = offset_bits;
+  }
+  if (m == ZYDIS_MNEMONIC_JMP)
+    return end_indirect(helper(HelperId::FarJump, {selector, offset, c64(bits), c64(next_pc_)}));
+  return end_indirect(helper(HelperId::FarCall, {selector, offset, c64(bits), c64(next_pc_)}));
+}
+
+void Translator::software_interrupt(uint8_t vector, uint64_t kind) {
+  end_indirect(helper(HelperId::SoftwareInterrupt, {c64(vector), c64(insn_.length), c64(kind)}));
+}
+
 void Translator::translate_insn() {
   const ZydisMnemonic m = insn_.mnemonic;
   switch (m) {
@@ -1878,8 +2002,10 @@ void Translator::translate_insn() {
       if (is_system_register(0) || is_system_register(1)) return move_system_register();
       if (is_reg(1) && ZydisRegisterGetClass(ops_[1].reg.value) == ZYDIS_REGCLASS_SEGMENT) {
         // MOV r/m, Sreg: 16-bit selector; a register destination of 32/64 bits is zero-extended.
-        return raise(Vector::UD);  // selectors are not modelled until system mode
+        if (mode_.system) return segment_insn(m);
+        return raise(Vector::UD);  // user mode does not model selectors
       }
+      if (mode_.system && is_segment(0)) return segment_insn(m);
       if (!is_gpr(0) && ops_[0].type != ZYDIS_OPERAND_TYPE_MEMORY) return raise(Vector::UD);
       Loc d = loc(0);
       Value v = operand(1, d.type);
@@ -1913,7 +2039,7 @@ void Translator::translate_insn() {
     case ZYDIS_MNEMONIC_PUSHA: case ZYDIS_MNEMONIC_PUSHAD: case ZYDIS_MNEMONIC_POPA: case ZYDIS_MNEMONIC_POPAD:
       if ((m == ZYDIS_MNEMONIC_PUSH || m == ZYDIS_MNEMONIC_POP) && is_reg(0) &&
           ZydisRegisterGetClass(ops_[0].reg.value) == ZYDIS_REGCLASS_SEGMENT)
-        return raise(Vector::UD);  // segment registers arrive with system mode
+        return mode_.system ? segment_insn(m) : raise(Vector::UD);  // user mode does not model selectors
       return push_pop(m);
     case ZYDIS_MNEMONIC_CLC: case ZYDIS_MNEMONIC_STC: case ZYDIS_MNEMONIC_CMC: case ZYDIS_MNEMONIC_CLD:
     case ZYDIS_MNEMONIC_STD: case ZYDIS_MNEMONIC_LAHF: case ZYDIS_MNEMONIC_SAHF:
@@ -2023,12 +2149,18 @@ void Translator::translate_insn() {
     case ZYDIS_MNEMONIC_PREFETCHT0: case ZYDIS_MNEMONIC_PREFETCHT1: case ZYDIS_MNEMONIC_PREFETCHT2:
     case ZYDIS_MNEMONIC_PREFETCHW: case ZYDIS_MNEMONIC_ENDBR32: case ZYDIS_MNEMONIC_ENDBR64:
       return;
-    case ZYDIS_MNEMONIC_INT3: return raise(Vector::BP, 0, insn_.length);
+    case ZYDIS_MNEMONIC_INT3:
+      if (mode_.system) return software_interrupt(3, static_cast<uint64_t>(EventKind::SoftwareException));
+      return raise(Vector::BP, 0, insn_.length);
     case ZYDIS_MNEMONIC_INTO: {
+      if (mode_.system)
+        return software_interrupt(4, static_cast<uint64_t>(EventKind::SoftwareException) | kSoftwareInterruptInto);
       b_.emit(Op::RaiseIf, Type::Void, {cc_cond(0)}, static_cast<uint64_t>(Vector::OF) | (uint64_t{insn_.length} << 40));
       return;
     }
     case ZYDIS_MNEMONIC_INT:
+      if (mode_.system) return software_interrupt(static_cast<uint8_t>(ops_[0].imm.value.u), 
+                                                  static_cast<uint64_t>(EventKind::Software));
       // Without an IDT (user mode) a software interrupt is reported as its vector, as a trap.
       return raise(static_cast<Vector>(ops_[0].imm.value.u & 0xff), 0, insn_.length);
     case ZYDIS_MNEMONIC_UD0: case ZYDIS_MNEMONIC_UD1: case ZYDIS_MNEMONIC_UD2: return raise(Vector::UD);
@@ -2043,6 +2175,17 @@ void Translator::translate_insn() {
       if (system_insn(m)) return;
       helper(HelperId::Syscall, {});
       return end_exit(next_pc_);
+    case ZYDIS_MNEMONIC_LDS: case ZYDIS_MNEMONIC_LES: case ZYDIS_MNEMONIC_LFS: case ZYDIS_MNEMONIC_LGS:
+    case ZYDIS_MNEMONIC_LSS: case ZYDIS_MNEMONIC_LAR: case ZYDIS_MNEMONIC_LSL: case ZYDIS_MNEMONIC_VERR:
+    case ZYDIS_MNEMONIC_VERW: case ZYDIS_MNEMONIC_ARPL:
+      if (mode_.system) return segment_insn(m);
+      return raise(Vector::UD);
+    case ZYDIS_MNEMONIC_IRET: case ZYDIS_MNEMONIC_IRETD: case ZYDIS_MNEMONIC_IRETQ:
+      if (mode_.system) return far_branch(m);
+      return raise(Vector::UD);
+    case ZYDIS_MNEMONIC_INT1:  // ICEBP: #DB as a trap, without the gate DPL check
+      if (mode_.system) return software_interrupt(1, static_cast<uint64_t>(EventKind::Exception));
+      return raise(Vector::UD);
     default:
       if (insn_.opcode_map == ZYDIS_OPCODE_MAP_DEFAULT && insn_.opcode >= 0xd8 && insn_.opcode <= 0xdf) return x87();
       if (sse(m)) return;

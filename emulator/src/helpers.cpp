@@ -7,6 +7,7 @@
 #include "kiln/emulator/ir_eval.h"
 #include "kiln/emulator/lazy_flags.h"
 #include "kiln/emulator/privileged.h"
+#include "kiln/emulator/system.h"
 
 namespace kiln::emu {
 
@@ -264,6 +265,10 @@ uint64_t h_rdtsc(CpuState& cpu, uint64_t, uint64_t, uint64_t, uint64_t) {
 }
 
 uint64_t h_halt(CpuState& cpu, uint64_t, uint64_t, uint64_t, uint64_t) {
+  if (cpu.mode.system) {  // privileged; the execution loop resumes a halted CPU with an interrupt
+    if (cpu.sys.cpl != 0) return raise(cpu, Vector::GP), 0;
+    cpu.sys.halted = true;
+  }
   cpu.stop_request |= kStopHalt;
   return 0;
 }
@@ -322,6 +327,13 @@ constexpr HelperInfo kHelpers[] = {
     {"system", ir::Type::I64, helper_system},
     {"port_check", ir::Type::Void, helper_port_check}, {"port_in", ir::Type::I64, helper_port_in},
     {"port_out", ir::Type::Void, helper_port_out},     {"port_in_string", ir::Type::Void, helper_port_in_string},
+    // Segmentation and control transfers (system.cpp).
+    {"load_segment", ir::Type::Void, helper_load_segment},  {"read_selector", ir::Type::I64, helper_read_selector},
+    {"far_jump", ir::Type::I64, helper_far_jump},            {"far_call", ir::Type::I64, helper_far_call},
+    {"far_return", ir::Type::I64, helper_far_return},        {"iret", ir::Type::I64, helper_iret},
+    {"software_interrupt", ir::Type::I64, helper_software_interrupt},
+    {"check_selector", ir::Type::I64, helper_check_selector},
+    {"segment_check", ir::Type::Void, helper_segment_check},
 };
 static_assert(std::size(kHelpers) == static_cast<size_t>(HelperId::Count));
 

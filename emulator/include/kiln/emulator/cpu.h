@@ -123,7 +123,8 @@ class InterruptController {
   virtual uint8_t acknowledge() = 0;
 };
 
-// Reset: triple fault (system mode). ExitRequest: request_exit() was called.
+// System mode adds Reset (triple fault: the machine must reset) and ExitRequest
+// (request_exit() was called; pending interrupts have been taken first).
 enum class StopReason { InsnLimit, Exception, Halt, Syscall, Reset, ExitRequest };
 
 struct RunResult {
@@ -149,6 +150,9 @@ class Cpu {
   CpuState state;
 
   // Runs until an exception, HLT, SYSCALL, or at least `max_insns` instructions.
+  // In system mode exceptions and interrupts are delivered through the IDT
+  // instead; HLT returns Halt and a later run() resumes once an interrupt is
+  // deliverable; a triple fault returns Reset.
   RunResult run(uint64_t max_insns);
 
   void set_log(uint32_t mask, std::FILE* stream) {
@@ -174,6 +178,12 @@ class Cpu {
   void set_io_bus(IoBus* bus) { io_ = bus; }
   IoBus* io_bus() { return io_; }
   void set_interrupt_controller(InterruptController* pic) { pic_ = pic; }
+  // System mode: exceptions whose vector bit is set (0..31; INT3/INTO included,
+  // INT n not) are not delivered but stop run() with StopReason::Exception and the
+  // state as user mode reports it (faults at the instruction, traps after it), like
+  // a VMX exception bitmap: for debuggers (#BP, #DB) and tests without an IDT.
+  void set_exception_intercepts(uint32_t vectors) { exception_intercepts_ = vectors; }
+  bool exception_intercepted(uint8_t vector) const { return vector < 32 && ((exception_intercepts_ >> vector) & 1); }
 
   // TLB maintenance for MOV CR0/CR3/CR4, INVLPG and EFER writes.
   // invalidate_tlb(false) keeps global entries when CR4.PGE is set (MOV CR3);
@@ -277,10 +287,14 @@ class Cpu {
   bool restart_after_smc(const ExecResult& r);
   void note_page_fault();
   void log_cpu_state();
+  // System mode, at a TB boundary: takes a deliverable external interrupt; returns
+  // true with `reason` set when run() must return (halted, triple fault, exit request).
+  bool system_boundary(StopReason& reason);
 
   Memory& memory_;
   IoBus* io_ = nullptr;
   InterruptController* pic_ = nullptr;
+  uint32_t exception_intercepts_ = 0;
   std::atomic<bool> exit_request_{false};
   TbCache cache_;
   TranslateOptions options_;

@@ -28,8 +28,18 @@ struct CpuMode {
   // translation time whether x87/MMX/SSE instructions raise #NM/#UD. Kept in
   // sync with CR0/CR4 by refresh_fpu_mode (privileged.h); always 0 in user mode.
   uint8_t fpu = 0;
+  // System mode outside 64-bit code: the stack pointer width of implicit stack
+  // accesses from SS.B, 16 or 32; 0 means "the code size" (user mode, and a machine
+  // that sets CpuMode by hand). update_mode() (system.h) computes this and the
+  // field below.
+  uint8_t stack_bits = 0;
+  // System mode, protected mode outside 64-bit code: bit i set when segment i (Seg) is not
+  // a usable flat 4 GiB segment, so its accesses are limit-checked.
+  uint8_t checked_segments = 0;
   uint32_t key() const {
-    return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) | (uint32_t{fpu} << 16);
+    return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) |
+           (system ? (stack_bits == 16 ? 16u : stack_bits == 32 ? 32u : 0u) | uint32_t{checked_segments} << 6 : 0u) |
+           (uint32_t{fpu} << 16);
   }
 };
 
@@ -137,6 +147,8 @@ struct SystemState {
   uint64_t mtrr_def_type = 0, mtrr_fixed[11] = {}, mtrr_var[16] = {};
   // Interrupts are inhibited for one instruction after STI, MOV SS and POP SS.
   bool interrupt_shadow = false;
+  // HLT executed: the CPU waits for an interrupt (Cpu::run returns StopReason::Halt until one arrives).
+  bool halted = false;
 };
 
 struct CpuState {

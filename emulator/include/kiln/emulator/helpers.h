@@ -21,7 +21,9 @@ namespace kiln::emu {
   X(Cpuid, Void) X(Rdtsc, Void) X(Halt, Void) X(Syscall, Void)                              \
   X(Pdep, I64) X(Pext, I64) X(Crc32, I64)                                                    \
   X(X87, Void) X(Fwait, Void) X(Fxsave, Void) X(Fxrstor, Void) X(MaskMove, Void) X(StringCompare, Void) \
-  X(System, I64) X(PortCheck, Void) X(PortIn, I64) X(PortOut, Void) X(PortInString, Void)
+  X(System, I64) X(PortCheck, Void) X(PortIn, I64) X(PortOut, Void) X(PortInString, Void)                \
+  X(LoadSegment, Void) X(ReadSelector, I64) X(FarJump, I64) X(FarCall, I64) X(FarReturn, I64) X(Iret, I64) \
+  X(SoftwareInterrupt, I64) X(CheckSelector, I64) X(SegmentCheck, Void)
 
 enum class HelperId : uint32_t {
 #define KILN_HELPER_ENUM(name, type) name,
