@@ -1,6 +1,7 @@
 // System-mode privileged instructions, MSRs and the system CPUID model (see privileged.h).
 // Architecture facts from the Intel SDM vol. 2/3 and the AMD APM vol. 2/3.
 #include "kiln/emulator/privileged.h"
+#include "kiln/emulator/system.h"
 
 #include <algorithm>
 #include <cstring>
@@ -479,12 +480,7 @@ void refresh_fpu_mode(CpuState& s) {
   s.mode.fpu = bits;
 }
 
-void refresh_code_mode(CpuState& s) {
-  if (!protected_mode(s) || vm86(s)) s.mode.code = CodeSize::Bits16;
-  else if (in_64bit_code(s)) s.mode.code = CodeSize::Bits64;
-  else s.mode.code = (s.seg_attrs[CS] & kAttrDb) ? CodeSize::Bits32 : CodeSize::Bits16;
-  s.mode.flat = s.seg_base[ES] == 0 && s.seg_base[CS] == 0 && s.seg_base[SS] == 0 && s.seg_base[DS] == 0;
-}
+void refresh_code_mode(CpuState& s) { update_mode(s); }
 
 bool read_msr(Cpu& cpu, uint32_t index, uint64_t& value) {
   CpuState& s = cpu.state;

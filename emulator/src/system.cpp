@@ -26,20 +26,6 @@ bool canonical(uint64_t address) {
   return static_cast<uint64_t>(static_cast<int64_t>(address << 16) >> 16) == address;
 }
 
-// Descriptor tables, TSS and IDT reads are supervisor accesses whatever the CPL:
-// the memory layer sees CPL 0 while one runs.
-class SupervisorAccess {
- public:
-  explicit SupervisorAccess(CpuState& s) : s_(s), saved_(s.sys.cpl) { s.sys.cpl = 0; }
-  ~SupervisorAccess() { s_.sys.cpl = saved_; }
-  SupervisorAccess(const SupervisorAccess&) = delete;
-  SupervisorAccess& operator=(const SupervisorAccess&) = delete;
-
- private:
-  CpuState& s_;
-  uint8_t saved_;
-};
-
 bool read_linear(Cpu& cpu, uint64_t address, unsigned bytes, uint64_t& out) {
   switch (bytes) {
     case 1: return cpu.read<1>(address, out);
@@ -61,13 +47,13 @@ bool write_linear(Cpu& cpu, uint64_t address, unsigned bytes, uint64_t value) {
 uint64_t system_linear(const CpuState& s, uint64_t address) {
   return long_mode_active(s) ? address : address & 0xffffffffu;
 }
+// Descriptor tables, TSS and IDT are implicit supervisor accesses whatever the
+// CPL (U/S as for CPL 0, never cached in the TLB, so no user access inherits them).
 bool read_system(Cpu& cpu, uint64_t address, unsigned bytes, uint64_t& out) {
-  SupervisorAccess guard(cpu.state);
-  return read_linear(cpu, system_linear(cpu.state, address), bytes, out);
+  return cpu.read_implicit(system_linear(cpu.state, address), bytes, out);
 }
 bool write_system(Cpu& cpu, uint64_t address, unsigned bytes, uint64_t value) {
-  SupervisorAccess guard(cpu.state);
-  return write_linear(cpu, system_linear(cpu.state, address), bytes, value);
+  return cpu.write_implicit(system_linear(cpu.state, address), bytes, value);
 }
 
 uint64_t width_mask(unsigned bits) { return bits >= 64 ? ~uint64_t{0} : (uint64_t{1} << bits) - 1; }
@@ -97,10 +83,8 @@ class StackWriter {
     sp_ = (sp_ - bytes) & width_mask(bits_);
     uint64_t linear = bits_ == 64 ? sp_ : (base_ + sp_) & 0xffffffffu;
     if (bits_ == 64 && !canonical(linear)) return fail(cpu_.state, Vector::SS);
-    if (supervisor_) {
-      SupervisorAccess guard(cpu_.state);
-      return write_linear(cpu_, linear, bytes, value);
-    }
+    // Pushes onto an inner-level stack are supervisor accesses before the CPL changes.
+    if (supervisor_) return cpu_.write_implicit(linear, bytes, value);
     return write_linear(cpu_, linear, bytes, value);
   }
   uint64_t sp() const { return sp_; }

@@ -7,6 +7,7 @@
 #include <new>
 
 #include "kiln/common/error.h"
+#include "kiln/emulator/system.h"
 
 namespace kiln::machine {
 
@@ -253,6 +254,7 @@ void PcMachine::boot(bool clear_ram) {
   s.sys.cr0 = emu::cr0::PE | emu::cr0::ET;
   s.sys.cpl = 0;
   s.mode = emu::CpuMode{.code = emu::CodeSize::Bits32, .flat = true, .system = true};
+  emu::update_mode(s);  // stack width and segment checks from the caches above
   cpu_.flush_translations();
   cpu_.invalidate_tlb(true);
 }

@@ -30,6 +30,7 @@ struct System {
   Cpu cpu{mmu};
 
   System() {
+    cpu.set_exception_intercepts(~0u);  // no IDT here: faults come back from run()
     cpu.state.mode.system = true;
     cpu.state.mode.code = CodeSize::Bits64;
     cpu.state.sys.cr0 = cr0::PE | cr0::ET;
@@ -640,6 +641,7 @@ TEST(SoftMmuCpu, ReplacedCpuKeepsTheWriteObserverOfItsSuccessor) {
   auto second = std::make_unique<Cpu>(mmu);
   first.reset();  // e.g. a machine reset creating the new CPU before dropping the old one
   second->state.mode.system = true;
+  second->set_exception_intercepts(~0u);
   phys.write_bytes(kCode, std::vector<uint8_t>{0xb8, 0x01, 0x00, 0x00, 0x00, 0xcc});
   second->state.rip = kCode;
   expect_breakpoint(second->run(100), *second);

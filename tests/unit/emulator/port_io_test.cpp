@@ -43,6 +43,7 @@ struct Machine {
   uint8_t* data;
   explicit Machine(std::vector<uint8_t> code, CodeSize size = CodeSize::Bits32, bool system = true) {
     code.push_back(0xcc);  // INT3 stops the run
+    cpu.set_exception_intercepts(~0u);  // no IDT here: exceptions come back from run()
     memory.map(kCode, kPageSize, kPermRead | kPermExec);
     memory.write_bytes(kCode, code);
     data = memory.map(kData, 2 * kPageSize, kPermRead | kPermWrite);
