@@ -17,7 +17,7 @@ trap stop_started EXIT
 
 # wait_for FILE REGEX [SECONDS]: polls until FILE has a line matching REGEX.
 wait_for() {
-  local file=$1 pattern=$2 limit=${3:-5} waited=0
+  local file=$1 pattern=$2 limit=${3:-20} waited=0  # generous: CI machines are loaded
   while ! grep -Eq -- "$pattern" "$file" 2>/dev/null; do
     sleep 0.05
     waited=$((waited + 1))

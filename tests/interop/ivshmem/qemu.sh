@@ -87,14 +87,14 @@ else
   qemu_pid=$!
   started_pids+=("$qemu_pid")
   wait_for a.out 'peer 2 joined'
-  wait_for a.out 'received interrupt on vector 1' 20
+  wait_for a.out 'received interrupt on vector 1' 30
   check "QEMU's doorbell rang vector 1 only" test "$(grep -c 'received interrupt on vector 0' a.out)" = 0
   send a 'write 20 ACK!'
   send a 'wait-text 12 KILN'
   send a 'int 2 0'
   send a 'wait-text 16 MSIX'
   send a 'read 8 16'
-  wait_for a.out '^00000008: ' 20
+  wait_for a.out '^00000008: ' 30
   expect_equal "IVPosition 2, KILN marker, MSI-X write of our interrupt" \
     "00000008: 02 00 00 00 4b 49 4c 4e 4d 53 49 58 41 43 4b 21" "$(grep '^00000008: ' a.out)"
   grep -q "^00000008: .*4d 53 49 58" a.out || cat a.out >&2
