@@ -71,6 +71,7 @@ TranslatedBlock* TbCache::insert_block(std::unique_ptr<TranslatedBlock> tb) {
 
 void TbCache::retire(TranslatedBlock* tb) {
   if (!tb->cached) return;  // listed twice (two spans on one physical page) or already retired
+  ++chain_generation_;
   for (const auto& span : tb->spans) {
     auto it = code_pages_.find(span.phys & kPageMask);
     if (it == code_pages_.end()) continue;
@@ -116,6 +117,7 @@ size_t TbCache::invalidate(uint64_t phys, uint64_t size) {
 }
 
 void TbCache::flush() {
+  ++chain_generation_;
   for (auto& [key, tb] : blocks_) {
     tb->cached = false;
     retired_.push_back(std::move(tb));
@@ -260,6 +262,7 @@ void Cpu::invalidate_code(uint64_t phys, uint64_t size) {
 }
 
 void Cpu::flush_tlb() {
+  cache_.break_chains();  // links skip the execute TLB
   for (auto& way : tlb_)
     for (auto& e : way) e = TlbEntry{};
   tlb_has_large_ = false;
@@ -268,12 +271,14 @@ void Cpu::flush_tlb() {
 
 void Cpu::invalidate_tlb(bool include_global) {
   if (include_global || !(state.sys.cr4 & cr4::PGE)) return flush_tlb();
+  cache_.break_chains();
   for (auto& way : tlb_)
     for (auto& e : way)
       if (!e.global) e = TlbEntry{};
 }
 
 void Cpu::invalidate_tlb_page(uint64_t linear) {
+  cache_.break_chains();
   if (tlb_has_large_) {
     // Any entry of the (possibly large) mapping holding `linear`.
     for (auto& way : tlb_)
@@ -502,11 +507,38 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
 }
 
 TranslatedBlock* Cpu::next_block() {
+  // A block removed since it ran (and about to be freed) breaks the chains first.
+  TranslatedBlock* from = chain_from_ != nullptr && chain_generation_ == cache_.chain_generation() ? chain_from_ : nullptr;
+  chain_from_ = nullptr;
   cache_.release_retired();  // no block is running here
   check_tlb_privilege();
-  TranslatedBlock* tb = get_block(state.rip, std::exchange(single_insn_next_, false));
-  if (!tb) note_page_fault();
+  const bool single = std::exchange(single_insn_next_, false);
+  const uint32_t mode = state.mode.key();
+  const uint64_t cs_base = state.mode.system && state.mode.code != CodeSize::Bits64 ? state.seg_base[CS] : 0;
+  const uint64_t generation = cache_.chain_generation();
+  if (from != nullptr && !single) {
+    for (const TranslatedBlock::Link& link : from->links) {
+      const TranslatedBlock* to = link.tb;
+      if (link.generation == generation && to->pc == state.rip && to->mode == mode && to->cs_base == cs_base) [[likely]]
+        return link.tb;
+    }
+  }
+  TranslatedBlock* tb = get_block(state.rip, single);
+  if (!tb) {
+    note_page_fault();
+    return nullptr;
+  }
+  // Translating may have flushed the cache (size limit): then `from` is gone.
+  if (from != nullptr && tb->cached && cache_.chain_generation() == generation) {
+    from->links[from->next_link] = {generation, tb};
+    from->next_link ^= 1;
+  }
   return tb;
+}
+
+void Cpu::chained_from(TranslatedBlock* tb) {
+  chain_from_ = tb->cached ? tb : nullptr;
+  chain_generation_ = cache_.chain_generation();
 }
 
 bool Cpu::restart_after_smc(const ExecResult& r) {
@@ -561,6 +593,7 @@ RunResult Cpu::run(uint64_t max_insns) {
   RunResult result;
   state.exception = PendingException{};
   state.stop_request = 0;
+  chain_from_ = nullptr;  // the caller may have changed anything
   if (state.mode.system) refresh_fpu_mode(state);  // CR0/CR4 may have been set directly (reset, loaders)
   if (tlb_generation_ != memory_.generation()) {
     // Mappings changed: cached host pointers and translations may be stale.
@@ -611,6 +644,7 @@ RunResult Cpu::run(uint64_t max_insns) {
       continue;
     }
     state.rip = r.next_pc;
+    chained_from(tb);
     if (state.stop_request) {
       if (system && state.stop_request == kStopHalt) {
         // HLT (sys.halted set): the next boundary takes a deliverable interrupt or returns Halt.

@@ -123,6 +123,19 @@ bool evaluate_condition(const CpuState& cpu, unsigned cond) {
     }
     return (cond & 1) ? !r : r;
   }
+  // ZF and SF come from the result alone for every kind (as szp() computes them):
+  // DEC/INC/ADD + JNZ/JS loops need no full materialisation.
+  const unsigned test = cond >> 1;
+  if (test == 2 || test == 4) {
+    bool r;
+    if (kind == CcKind::Eflags) {
+      r = cpu.cc_dst & (test == 2 ? rflags::ZF : rflags::SF);
+    } else {
+      const unsigned bits = 8u << (cpu.cc_op & 3);
+      r = test == 2 ? cpu.cc_dst == 0 : ((cpu.cc_dst >> (bits - 1)) & 1) != 0;
+    }
+    return (cond & 1) ? !r : r;
+  }
   return condition_from_flags(compute_flags(cpu), cond);
 }
 

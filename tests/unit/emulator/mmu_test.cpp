@@ -350,6 +350,27 @@ TEST(SoftMmuCpu, InvlpgDropsStaleTranslation) {
   EXPECT_EQ(s.reg(RBX), 0x22222222u);
 }
 
+// Blocks are chained (a block remembers its successor); INVLPG must break the
+// chain, or the loop's second call would still run the old page's code.
+TEST(SoftMmuCpu, ChainedSuccessorFollowsRemappedCode) {
+  System s;
+  s.long_mode();
+  s.map16(0, 0x800000 | pte::P | pte::RW);
+  s.load(0x800000, {0xba, 0x01, 0x00, 0x00, 0x00, 0xc3});  // mov edx, 1 ; ret
+  s.load(0x801000, {0xba, 0x10, 0x00, 0x00, 0x00, 0xc3});  // mov edx, 0x10 ; ret
+  // mov ecx, 3 ; xor ebx, ebx
+  // loop: mov eax, 0x1000000 ; call rax ; add ebx, edx
+  //       xor qword [0x5000], 0x1000 (the page flips between the two) ; invlpg [0x1000000] ; dec ecx ; jnz loop ; int3
+  // The loop block links to its successor on the second pass; the third must not follow that link.
+  s.load(kCode, {0xb9, 0x03, 0x00, 0x00, 0x00, 0x31, 0xdb,
+                 0xb8, 0x00, 0x00, 0x00, 0x01, 0xff, 0xd0, 0x01, 0xd3,
+                 0x48, 0x81, 0x34, 0x25, 0x00, 0x50, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00,
+                 0x0f, 0x01, 0x3c, 0x25, 0x00, 0x00, 0x00, 0x01, 0xff, 0xc9, 0x75, 0xdf, 0xcc});
+  s.reg(RSP) = 0x700000;
+  expect_breakpoint(s.run_at(kCode), s.cpu);
+  EXPECT_EQ(s.reg(RBX), 0x12u);  // 1 + 0x10 + 1
+}
+
 TEST(SoftMmuCpu, InvlpgDropsWholeLargePage) {
   System s;
   s.long_mode();

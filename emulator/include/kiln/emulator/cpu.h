@@ -41,6 +41,16 @@ struct TranslatedBlock {
   std::vector<Span> spans;
   size_t host_bytes = 0;  // what it costs in the cache (counted against the size limit)
   bool cached = false;    // registered in the TbCache (false: a one-off block)
+  // Successors seen at run time (block chaining without code patching): a link
+  // holds while the cache's chain generation is unchanged, which every block
+  // removal and every TLB invalidation bumps; the successor must also match
+  // RIP, mode key and CS base. Skips the lookup's PC translation and hashing.
+  struct Link {
+    uint64_t generation = 0;
+    TranslatedBlock* tb = nullptr;
+  };
+  Link links[2];
+  uint8_t next_link = 0;
   ExecBlock exec;
 };
 
@@ -77,6 +87,9 @@ class TbCache {
   // Invalidates every block with code in [phys, phys + size) (within one page); returns how many.
   size_t invalidate(uint64_t phys, uint64_t size);
   void flush();
+  // See TranslatedBlock::links.
+  uint64_t chain_generation() const { return chain_generation_; }
+  void break_chains() { ++chain_generation_; }
   void release_retired() {
     if (!retired_.empty()) retired_.clear();
   }
@@ -111,6 +124,7 @@ class TbCache {
   std::vector<std::unique_ptr<TranslatedBlock>> retired_;
   std::vector<TranslatedBlock*> fast_ = std::vector<TranslatedBlock*>(kFastSize, nullptr);
   size_t host_bytes_ = 0;
+  uint64_t chain_generation_ = 1;
 };
 
 // The source of external (maskable) interrupts, e.g. the machine's 8259 PIC.
@@ -284,6 +298,8 @@ class Cpu {
   // state.exception and CR2 are set); after a block, whether it stopped for an
   // SMC restart (then just loop); CR2 for a #PF leaving a block.
   TranslatedBlock* next_block();
+  // The block that just completed normally: next_block() may follow its links.
+  void chained_from(TranslatedBlock* tb);
   bool restart_after_smc(const ExecResult& r);
   void note_page_fault();
   void log_cpu_state();
@@ -309,6 +325,8 @@ class Cpu {
   std::unique_ptr<TranslatedBlock> one_off_;  // an uncached block (single step after SMC, MMIO code)
   bool smc_restart_ = false;  // a store hit the running block: re-run its instruction alone
   bool single_insn_next_ = false;
+  TranslatedBlock* chain_from_ = nullptr;
+  uint64_t chain_generation_ = 0;  // of the cache when chain_from_ completed
   uint32_t log_mask_ = 0;
   std::FILE* log_ = nullptr;
 };
