@@ -123,9 +123,22 @@ bool evaluate_condition(const CpuState& cpu, unsigned cond) {
     }
     return (cond & 1) ? !r : r;
   }
+  const unsigned test = cond >> 1;
+  // CF alone (B/AE, and the carry-in of ADC/SBB/INC/DEC), as compute_flags derives it.
+  if (test == 1) {
+    bool r;
+    switch (kind) {
+      case CcKind::Eflags: r = cpu.cc_dst & rflags::CF; break;
+      case CcKind::Add: r = cpu.cc_dst < cpu.cc_src1; break;
+      case CcKind::Adc: r = (cpu.cc_aux & 1) ? cpu.cc_dst <= cpu.cc_src1 : cpu.cc_dst < cpu.cc_src1; break;
+      case CcKind::Sbb: r = (cpu.cc_aux & 1) ? cpu.cc_src1 <= cpu.cc_src2 : cpu.cc_src1 < cpu.cc_src2; break;
+      case CcKind::Inc: case CcKind::Dec: r = cpu.cc_aux & 1; break;
+      default: return condition_from_flags(compute_flags(cpu), cond);
+    }
+    return (cond & 1) ? !r : r;
+  }
   // ZF and SF come from the result alone for every kind (as szp() computes them):
   // DEC/INC/ADD + JNZ/JS loops need no full materialisation.
-  const unsigned test = cond >> 1;
   if (test == 2 || test == 4) {
     bool r;
     if (kind == CcKind::Eflags) {
