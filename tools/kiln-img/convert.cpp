@@ -96,7 +96,17 @@ class Converter {
     block::Image& source = *sources_[source_index_];
     const uint64_t local = cursor_ - source_start_;
     const uint64_t remaining = source.size() - local;
-    block::ChainStatus status = source.chain_status(local, remaining);
+    // Compressed conversions plan a cluster at a time: ask the source about
+    // a run once, not once per cluster (each answer costs system calls).
+    if (!(status_valid_ && status_source_ == source_index_ && local >= status_start_ && local < status_start_ + status_.length)) {
+      status_ = source.chain_status(local, remaining);
+      status_source_ = source_index_;
+      status_start_ = local;
+      status_valid_ = true;
+    }
+    block::ChainStatus status = status_;
+    status.length = status_start_ + status_.length - local;
+    if (status.flags & block::kStatusOffsetValid) status.host_offset += local - status_start_;
     Segment segment{cursor_, status.length, source_index_, local, Segment::Kind::Copy, sequence_++};
     const bool allocated_in_top = status.depth == 0 && (status.flags & block::kStatusAllocated);
     if (target_has_backing_ && !allocated_in_top) {
@@ -120,6 +130,7 @@ class Converter {
 
   void work() {
     AlignedBuffer buffer(chunk_);
+    block::Node::PreparedCompressed prepared;
     try {
       while (auto segment = next_segment()) {
         std::span<std::byte> data;
@@ -127,8 +138,21 @@ class Converter {
           data = buffer.span().first(segment->length);
           sources_[segment->source]->read(segment->source_offset, data);
         }
+        if (args_.compress && segment->kind == Segment::Kind::Copy) {
+          // Compress before waiting for our turn, so clusters compress on
+          // every thread while the writes stay in order.
+          if (sparse_size_ != 0 && is_zero(data)) {
+            segment->kind = Segment::Kind::Zero;
+          } else {
+            target_.compress_for_write(segment->offset, data, prepared);
+          }
+        }
         wait_turn(segment->sequence);
-        if (segment->kind == Segment::Kind::Copy) write_data(segment->offset, data);
+        if (segment->kind == Segment::Kind::Copy && args_.compress) {
+          target_.write_compressed_prepared(segment->offset, data, prepared);
+        } else if (segment->kind == Segment::Kind::Copy) {
+          write_data(segment->offset, data);
+        }
         if (segment->kind == Segment::Kind::Zero) write_zero_range(segment->offset, segment->length);
         finish_turn(segment->length);
       }
@@ -146,7 +170,6 @@ class Converter {
   }
 
   void write_data(uint64_t offset, std::span<const std::byte> data) {
-    if (args_.compress) return write_compressed(offset, data);
     if (sparse_size_ == 0) {
       target_.write(offset, data);
       return;
@@ -169,11 +192,6 @@ class Converter {
       }
       position = end;
     }
-  }
-
-  void write_compressed(uint64_t offset, std::span<const std::byte> data) {
-    if (sparse_size_ != 0 && is_zero(data)) return write_zero_range(offset, data.size());
-    target_.write_compressed(offset, data);
   }
 
   void wait_turn(uint64_t sequence) {
@@ -210,6 +228,10 @@ class Converter {
   size_t source_index_ = 0;
   uint64_t source_start_ = 0;
   uint64_t sequence_ = 0;
+  block::ChainStatus status_;  // the last answer of the source, from status_start_ on
+  size_t status_source_ = 0;
+  uint64_t status_start_ = 0;
+  bool status_valid_ = false;
   uint64_t next_to_write_ = 0;
   std::exception_ptr failure_;
 };
