@@ -11,6 +11,8 @@
 #include <optional>
 #include <thread>
 
+#include <sys/mman.h>
+
 #include <fmt/format.h>
 
 #include "kiln/common/buffer.h"
@@ -22,6 +24,28 @@ namespace kiln::img {
 namespace {
 
 constexpr uint64_t kChunkSize = 2 << 20;
+
+// A worker's chunk buffer, 2 MiB aligned and backed by a transparent huge
+// page where the kernel allows it: one page fault per buffer instead of 512.
+class ChunkBuffer {
+ public:
+  explicit ChunkBuffer(size_t size) : size_(round_up(size)) {
+    void* memory = std::aligned_alloc(kHugePage, size_);
+    if (memory == nullptr) throw std::bad_alloc();
+    storage_.reset(static_cast<std::byte*>(memory));
+    madvise(memory, size_, MADV_HUGEPAGE);  // advice only: without it, small pages
+  }
+  std::span<std::byte> span() { return {storage_.get(), size_}; }
+
+ private:
+  static constexpr size_t kHugePage = 2 << 20;
+  static size_t round_up(size_t size) { return std::max<size_t>((size + kHugePage - 1) / kHugePage * kHugePage, kHugePage); }
+  struct FreeDeleter {
+    void operator()(std::byte* pointer) const { std::free(pointer); }
+  };
+  std::unique_ptr<std::byte[], FreeDeleter> storage_;
+  size_t size_;
+};
 
 struct ConvertArgs {
   std::string source_format;
@@ -129,8 +153,9 @@ class Converter {
   }
 
   void work() {
-    AlignedBuffer buffer(chunk_);
+    ChunkBuffer buffer(chunk_);
     block::Node::PreparedCompressed prepared;
+    std::condition_variable my_turn;
     try {
       while (auto segment = next_segment()) {
         std::span<std::byte> data;
@@ -147,7 +172,7 @@ class Converter {
             target_.compress_for_write(segment->offset, data, prepared);
           }
         }
-        wait_turn(segment->sequence);
+        wait_turn(segment->sequence, my_turn);
         if (segment->kind == Segment::Kind::Copy && args_.compress) {
           target_.write_compressed_prepared(segment->offset, data, prepared);
         } else if (segment->kind == Segment::Kind::Copy) {
@@ -159,7 +184,7 @@ class Converter {
     } catch (...) {
       std::lock_guard lock(plan_mutex_);
       if (!failure_) failure_ = std::current_exception();
-      turn_changed_.notify_all();
+      wake_all_on_failure();
     }
   }
 
@@ -194,21 +219,29 @@ class Converter {
     }
   }
 
-  void wait_turn(uint64_t sequence) {
+  // Each waiter sleeps on its own condition variable and only the holder of
+  // the next ticket is woken: a broadcast would wake every worker per write.
+  void wait_turn(uint64_t sequence, std::condition_variable& my_turn) {
     if (!ordered_) return;
     std::unique_lock lock(plan_mutex_);
-    turn_changed_.wait(lock, [&] { return next_to_write_ == sequence || failure_; });
+    if (next_to_write_ != sequence && !failure_) {
+      waiters_.emplace(sequence, &my_turn);
+      my_turn.wait(lock, [&] { return next_to_write_ == sequence || failure_; });
+      waiters_.erase(sequence);
+    }
     if (failure_) throw Error(ECANCELED, "conversion cancelled");
   }
 
   void finish_turn(uint64_t length) {
     progress_.advance(length);
     if (!ordered_) return;
-    {
-      std::lock_guard lock(plan_mutex_);
-      ++next_to_write_;
-    }
-    turn_changed_.notify_all();
+    std::lock_guard lock(plan_mutex_);
+    ++next_to_write_;
+    if (auto next = waiters_.find(next_to_write_); next != waiters_.end()) next->second->notify_one();
+  }
+
+  void wake_all_on_failure() {
+    for (auto& [sequence, waiter] : waiters_) waiter->notify_one();
   }
 
   std::vector<std::unique_ptr<block::Image>> sources_;
@@ -223,7 +256,7 @@ class Converter {
   Progress progress_;
 
   std::mutex plan_mutex_;
-  std::condition_variable turn_changed_;
+  std::map<uint64_t, std::condition_variable*> waiters_;  // sequence → its sleeping worker
   uint64_t cursor_ = 0;
   size_t source_index_ = 0;
   uint64_t source_start_ = 0;
