@@ -94,7 +94,10 @@ class Converter {
     for (const auto& source : sources_) total_ += source->size();
     progress_.set_total(total_);
     if (args_.compress) {
-      chunk_ = std::max<uint64_t>(target_.top().cluster_size(), 65536);
+      // Whole clusters, 1 MiB at a time: per-chunk costs (planning, a read,
+      // a write turn with its thread wake-up) spread over 16 clusters of 64 KiB.
+      unit_ = std::max<uint64_t>(target_.top().cluster_size(), 512);
+      chunk_ = std::max<uint64_t>(unit_, 1 << 20);
     }
   }
 
@@ -154,7 +157,7 @@ class Converter {
 
   void work() {
     ChunkBuffer buffer(chunk_);
-    block::Node::PreparedCompressed prepared;
+    std::vector<CompressedRun> runs;
     std::condition_variable my_turn;
     try {
       while (auto segment = next_segment()) {
@@ -163,18 +166,19 @@ class Converter {
           data = buffer.span().first(segment->length);
           sources_[segment->source]->read(segment->source_offset, data);
         }
-        if (args_.compress && segment->kind == Segment::Kind::Copy) {
-          // Compress before waiting for our turn, so clusters compress on
-          // every thread while the writes stay in order.
-          if (sparse_size_ != 0 && is_zero(data)) {
-            segment->kind = Segment::Kind::Zero;
-          } else {
-            target_.compress_for_write(segment->offset, data, prepared);
-          }
-        }
+        // Compress before waiting for our turn, so clusters compress on
+        // every thread while the writes stay in order.
+        if (args_.compress && segment->kind == Segment::Kind::Copy) prepare_compressed(segment->offset, data, runs);
         wait_turn(segment->sequence, my_turn);
         if (segment->kind == Segment::Kind::Copy && args_.compress) {
-          target_.write_compressed_prepared(segment->offset, data, prepared);
+          for (const CompressedRun& run : runs) {
+            const auto piece = data.subspan(run.begin, run.length);
+            if (run.zero) {
+              write_zero_range(segment->offset + run.begin, run.length);
+            } else {
+              target_.write_compressed_prepared(segment->offset + run.begin, piece, run.prepared);
+            }
+          }
         } else if (segment->kind == Segment::Kind::Copy) {
           write_data(segment->offset, data);
         }
@@ -185,6 +189,36 @@ class Converter {
       std::lock_guard lock(plan_mutex_);
       if (!failure_) failure_ = std::current_exception();
       wake_all_on_failure();
+    }
+  }
+
+  // A chunk split into runs of whole clusters that are all zero (with -S) or
+  // all data, the data runs compressed. `runs` keeps its buffers across chunks.
+  struct CompressedRun {
+    uint64_t begin = 0;
+    uint64_t length = 0;
+    bool zero = false;
+    block::Node::PreparedCompressed prepared;
+  };
+  void prepare_compressed(uint64_t offset, std::span<const std::byte> data, std::vector<CompressedRun>& runs) {
+    size_t count = 0;
+    for (uint64_t position = 0; position < data.size();) {
+      const uint64_t length = std::min<uint64_t>(unit_, data.size() - position);
+      const bool zero = sparse_size_ != 0 && is_zero(data.subspan(position, length));
+      if (count > 0 && runs[count - 1].zero == zero) {
+        runs[count - 1].length += length;
+      } else {
+        if (runs.size() == count) runs.emplace_back();
+        runs[count].begin = position;
+        runs[count].length = length;
+        runs[count].zero = zero;
+        ++count;
+      }
+      position += length;
+    }
+    runs.resize(count);
+    for (CompressedRun& run : runs) {
+      if (!run.zero) target_.compress_for_write(offset + run.begin, data.subspan(run.begin, run.length), run.prepared);
     }
   }
 
@@ -252,6 +286,7 @@ class Converter {
   const bool target_has_backing_;
   const bool ordered_;
   uint64_t chunk_ = kChunkSize;
+  uint64_t unit_ = 0;  // with -c: the target's cluster size
   uint64_t total_ = 0;
   Progress progress_;
 
