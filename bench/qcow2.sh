@@ -10,7 +10,10 @@
 #  - `bench` 4 KiB reads striding over a 1 TiB sparse qcow2 whose L2 tables
 #    (TABLES of them, 64 KiB each, default 2048 = 128 MiB) exceed the default
 #    32 MiB L2 cache: peak RSS shows the cache bound.
-# Usage: bench/qcow2.sh [BUILD_BIN_DIR] [RUNS] [SIZE_MIB]   (env: TABLES, BENCH_COUNT)
+# CPU seconds (user + system, median) are printed too: on a shared machine
+# they are steadier than wall time.
+# Usage: bench/qcow2.sh [BUILD_BIN_DIR] [RUNS] [SIZE_MIB]
+#   env: TABLES, BENCH_COUNT, CASES (a grep -E pattern: only cases whose label matches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-build/default/bin}
@@ -18,6 +21,7 @@ runs=${2:-5}
 size_mib=${3:-2048}
 tables=${TABLES:-2048}
 count=${BENCH_COUNT:-200000}
+only=${CASES:-.}
 work=${KILN_BENCH_DIR:-$(mktemp -d /var/tmp/kiln-bench.XXXXXX)}
 trap 'rm -rf "$work"' EXIT
 
@@ -55,7 +59,7 @@ substitute() {
   echo "${text//BIG/$work/sparse.qcow2}"
 }
 
-# time_one PREP TOOL ARGS: prints "seconds peak_rss_kib".
+# time_one PREP TOOL ARGS: prints "seconds peak_rss_kib cpu_seconds".
 time_one() {
   local prep=$1 tool=$2; shift 2
   rm -f "$work/target"
@@ -63,20 +67,21 @@ time_one() {
   local args
   args=$(substitute "$*")
   local start=$EPOCHREALTIME
-  /usr/bin/time -f "%M" -o "$work/rss.txt" $tool $args >/dev/null
+  /usr/bin/time -f "%M %U %S" -o "$work/rss.txt" $tool $args >/dev/null
   local end=$EPOCHREALTIME
-  echo "$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f", e - s }') $(cat "$work/rss.txt")"
+  echo "$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f", e - s }') $(awk '{ printf "%d %.2f", $1, $2 + $3 }' "$work/rss.txt")"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-echo "| qcow2 case ($size_mib MiB mixed image, $count bench requests) | qemu-img s | kiln-img s | ratio kiln/qemu | qemu-img peak RSS MiB | kiln-img peak RSS MiB |"
-echo "|---|---|---|---|---|---|"
+echo "| qcow2 case ($size_mib MiB mixed image, $count bench requests) | qemu-img s | kiln-img s | ratio kiln/qemu | qemu-img CPU s | kiln-img CPU s | qemu-img peak RSS MiB | kiln-img peak RSS MiB |"
+echo "|---|---|---|---|---|---|---|---|"
 for entry in "${cases[@]}"; do
   label=${entry%%|*}
   rest=${entry#*|}
   prep=${rest%%|*}
   args=${rest#*|}
+  grep -qE "$only" <<<"$label" || continue
   : >"$work/qemu.txt"; : >"$work/kiln.txt"
   for ((run = 0; run < runs; run++)); do
     if ((run % 2 == 0)); then
@@ -91,5 +96,7 @@ for entry in "${cases[@]}"; do
   k=$(cut -d' ' -f1 "$work/kiln.txt" | median)
   qm=$(cut -d' ' -f2 "$work/qemu.txt" | sort -n | tail -1)
   km=$(cut -d' ' -f2 "$work/kiln.txt" | sort -n | tail -1)
-  printf "| %s | %.3f | %.3f | %.2f | %d | %d |\n" "$label" "$q" "$k" "$(awk -v k="$k" -v q="$q" 'BEGIN { print (q > 0) ? k / q : 0 }')" $((qm / 1024)) $((km / 1024))
+  qc=$(cut -d' ' -f3 "$work/qemu.txt" | median)
+  kc=$(cut -d' ' -f3 "$work/kiln.txt" | median)
+  printf "| %s | %.3f | %.3f | %.2f | %.2f | %.2f | %d | %d |\n" "$label" "$q" "$k" "$(awk -v k="$k" -v q="$q" 'BEGIN { print (q > 0) ? k / q : 0 }')" "$qc" "$kc" $((qm / 1024)) $((km / 1024))
 done

@@ -113,6 +113,16 @@ void Image::write_compressed(uint64_t offset, std::span<const std::byte> data) {
   top_->write_compressed(offset, data);
 }
 
+void Image::compress_for_write(uint64_t offset, std::span<const std::byte> data, Node::PreparedCompressed& out) {
+  check_range(offset, data.size(), "write");
+  top_->compress_for_write(offset, data, out);
+}
+
+void Image::write_compressed_prepared(uint64_t offset, std::span<const std::byte> data, const Node::PreparedCompressed& prepared) {
+  check_range(offset, data.size(), "write");
+  top_->write_compressed_prepared(offset, data, prepared);
+}
+
 BlockStatus Image::block_status(uint64_t offset, uint64_t length) {
   check_range(offset, length, "query");
   return top_->block_status(offset, length);

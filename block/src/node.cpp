@@ -39,6 +39,12 @@ int64_t Node::allocated_size() const {
 
 CheckResult Node::check(CheckRepair) { throw Error(ENOTSUP, "This image format does not support checks"); }
 
+void Node::compress_for_write(uint64_t, std::span<const std::byte>, PreparedCompressed& out) { out.ready = false; }
+
+void Node::write_compressed_prepared(uint64_t offset, std::span<const std::byte> data, const PreparedCompressed&) {
+  write_compressed(offset, data);
+}
+
 void Node::write_compressed(uint64_t, std::span<const std::byte>) {
   throw Error(ENOTSUP, fmt::format("Image format '{}' does not support compression", driver_name()));
 }

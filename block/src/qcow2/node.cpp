@@ -805,6 +805,10 @@ bool Qcow2Node::cluster_free(uint64_t cluster) {
 
 uint64_t Qcow2Node::find_free_run(uint64_t count) {
   uint64_t start = std::max<uint64_t>(free_hint_, 1);
+  // Clusters in use at the hint stay in use until a decrement to zero lowers
+  // the hint again: move past them once, not on every allocation.
+  while (get_refcount(start) != 0) ++start;
+  free_hint_ = start;
   while (true) {
     uint64_t i = 0;
     while (i < count && cluster_free(start + i)) ++i;

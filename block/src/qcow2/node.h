@@ -120,6 +120,8 @@ class Qcow2Node final : public Node {
   CheckResult check(CheckRepair repair) override;
   bool supports_compressed_writes() const override { return true; }
   void write_compressed(uint64_t offset, std::span<const std::byte> data) override;
+  void compress_for_write(uint64_t offset, std::span<const std::byte> data, PreparedCompressed& out) override;
+  void write_compressed_prepared(uint64_t offset, std::span<const std::byte> data, const PreparedCompressed& prepared) override;
   std::vector<SnapshotInfo> list_snapshots() override;
   void create_snapshot(const std::string& name) override;
   void apply_snapshot(const std::string& name_or_id) override;
@@ -217,6 +219,7 @@ class Qcow2Node final : public Node {
   void write_data(uint64_t host, std::span<const std::byte> data);
   void load_luks();
   void decompress_cluster(uint64_t descriptor, std::span<std::byte> out);
+  void check_compressed_write(uint64_t offset, uint64_t length) const;
   void write_run(uint64_t guest, std::span<const std::byte> data);
   bool zero_or_discard(uint64_t offset, uint64_t length, bool discard, bool may_unmap, bool full_unmap, bool only_unmapped = false);
   bool reads_zero_by_status(uint64_t offset, uint64_t length);

@@ -63,6 +63,9 @@ class Image {
   void flush();
   void truncate(uint64_t new_size, Preallocation prealloc, bool allow_shrink);
   void write_compressed(uint64_t offset, std::span<const std::byte> data);
+  // See Node::compress_for_write: compress on any thread, store in order.
+  void compress_for_write(uint64_t offset, std::span<const std::byte> data, Node::PreparedCompressed& out);
+  void write_compressed_prepared(uint64_t offset, std::span<const std::byte> data, const Node::PreparedCompressed& prepared);
 
   // Status of the top node only.
   BlockStatus block_status(uint64_t offset, uint64_t length);

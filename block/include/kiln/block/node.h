@@ -80,6 +80,18 @@ class Node {
   virtual CheckResult check(CheckRepair repair);
   virtual bool supports_compressed_writes() const { return false; }
   virtual void write_compressed(uint64_t offset, std::span<const std::byte> data);
+  // Compressed writes in two steps, so a caller can compress on all its
+  // threads and still store in order: compress_for_write does the CPU work
+  // only (thread-safe, no metadata touched; `out` keeps its capacity across
+  // calls), write_compressed_prepared stores the result exactly as
+  // write_compressed(offset, data) would. Defaults: nothing is done ahead.
+  struct PreparedCompressed {
+    std::vector<std::byte> bytes;   // the compressed units back to back
+    std::vector<uint32_t> lengths;  // per unit: compressed length, 0 = stored plainly
+    bool ready = false;             // false: compress when writing
+  };
+  virtual void compress_for_write(uint64_t offset, std::span<const std::byte> data, PreparedCompressed& out);
+  virtual void write_compressed_prepared(uint64_t offset, std::span<const std::byte> data, const PreparedCompressed& prepared);
   virtual std::vector<SnapshotInfo> list_snapshots();
   virtual void create_snapshot(const std::string& name);
   virtual void apply_snapshot(const std::string& name_or_id);
