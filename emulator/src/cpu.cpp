@@ -589,6 +589,18 @@ bool Cpu::system_boundary(StopReason& reason) {
   return false;
 }
 
+bool Cpu::single_step_trap() {
+  SystemState& sys = state.sys;
+  // No trap after MOV SS / POP SS (the next instruction's covers both), after an instruction
+  // that delivered an event (its handler starts with TF clear), or after HLT.
+  const bool suppressed = std::exchange(sys.mov_ss_shadow, false) | std::exchange(sys.event_delivered, false) ||
+                          (state.stop_request & kStopHalt);
+  if (suppressed) return false;
+  sys.dr[6] |= kDr6SingleStep;
+  state.exception = PendingException{.raised = true, .vector = Vector::DB};
+  return true;
+}
+
 RunResult Cpu::run(uint64_t max_insns) {
   RunResult result;
   state.exception = PendingException{};
@@ -624,6 +636,13 @@ RunResult Cpu::run(uint64_t max_insns) {
   while (result.insns + deliveries < max_insns) {
     if (system && system_boundary(result.reason)) [[unlikely]]
       return result;
+    // Single step: TF at the start of an instruction traps after it, so a stepped block
+    // holds one instruction (an uncached translation: stepping is rare and slow anyway).
+    const bool stepping = system && (state.rflags_other & rflags::TF);
+    if (stepping) [[unlikely]] {
+      single_insn_next_ = true;
+      state.sys.mov_ss_shadow = state.sys.event_delivered = false;
+    }
     TranslatedBlock* tb = next_block();
     if (!tb) {  // the block's first byte cannot be fetched (state.exception set)
       if (take_exception()) return result;
@@ -645,6 +664,10 @@ RunResult Cpu::run(uint64_t max_insns) {
     }
     state.rip = r.next_pc;
     chained_from(tb);
+    if (stepping && single_step_trap()) [[unlikely]] {
+      if (take_exception()) return result;
+      continue;
+    }
     if (state.stop_request) {
       if (system && state.stop_request == kStopHalt) {
         // HLT (sys.halted set): the next boundary takes a deliverable interrupt or returns Halt.

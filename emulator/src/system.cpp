@@ -379,7 +379,7 @@ bool task_switch(Cpu& cpu, uint16_t selector, const Descriptor& tss, TaskSource 
   commit_cs(s, cs_selector, cs, new_cpl);
   for (Seg seg : {SS, ES, DS, FS, GS})
     if (!load_task_segment(cpu, seg, static_cast<uint16_t>(selectors[seg]))) return false;
-  s.sys.interrupt_shadow = false;
+  s.sys.interrupt_shadow = s.sys.mov_ss_shadow = false;
   if (!target_offset_ok(s, cs, eip)) return fail(s, Vector::GP);
   if (push_error) {
     StackWriter stack(cpu, s.seg_base[SS], s.regs[RSP], stack_bits(s), false);
@@ -596,7 +596,7 @@ bool load_data_segment(Cpu& cpu, Seg seg, uint16_t selector) {
     // Real mode: only selector and base change (limit and attributes stay, as on hardware).
     s.seg_selector[seg] = selector;
     s.seg_base[seg] = uint64_t{selector} << 4;
-    if (seg == SS) s.sys.interrupt_shadow = true;
+    if (seg == SS) s.sys.interrupt_shadow = s.sys.mov_ss_shadow = true;
     update_mode(s);
     return true;
   }
@@ -606,7 +606,7 @@ bool load_data_segment(Cpu& cpu, Seg seg, uint16_t selector) {
     if (seg == SS) {
       if (!(s.mode.code == CodeSize::Bits64 && cpl != 3 && rpl == cpl)) return fail(s, Vector::GP);
       commit_ss(s, selector, Descriptor{}, cpl);
-      s.sys.interrupt_shadow = true;
+      s.sys.interrupt_shadow = s.sys.mov_ss_shadow = true;
     } else {
       load_null(s, seg, selector);
     }
@@ -625,7 +625,7 @@ bool load_data_segment(Cpu& cpu, Seg seg, uint16_t selector) {
   }
   if (!set_accessed(cpu, selector, d)) return false;
   load_cache(s, seg, selector, d);
-  if (seg == SS) s.sys.interrupt_shadow = true;
+  if (seg == SS) s.sys.interrupt_shadow = s.sys.mov_ss_shadow = true;
   update_mode(s);
   return true;
 }
@@ -795,9 +795,11 @@ bool deliver_external_interrupt(Cpu& cpu, uint8_t vector) {
 // ---- helpers ----
 
 uint64_t helper_load_segment(Cpu& cpu, uint64_t seg, uint64_t selector, uint64_t no_shadow, uint64_t) {
-  const bool shadow_before = cpu.state.sys.interrupt_shadow;
-  if (load_data_segment(cpu, static_cast<Seg>(seg), static_cast<uint16_t>(selector)) && no_shadow)
+  const bool shadow_before = cpu.state.sys.interrupt_shadow, mov_ss_shadow_before = cpu.state.sys.mov_ss_shadow;
+  if (load_data_segment(cpu, static_cast<Seg>(seg), static_cast<uint16_t>(selector)) && no_shadow) {
     cpu.state.sys.interrupt_shadow = shadow_before;  // LSS loads SS without the MOV SS shadow
+    cpu.state.sys.mov_ss_shadow = mov_ss_shadow_before;
+  }
   return 0;
 }
 
@@ -936,6 +938,7 @@ uint64_t helper_software_interrupt(Cpu& cpu, uint64_t vector, uint64_t length, u
     return fail(s, static_cast<Vector>(vector)), 0;
   }
   if (!deliver_event(cpu, static_cast<uint8_t>(vector), static_cast<EventKind>(kind & 0xff), 0, next)) return 0;
+  s.sys.event_delivered = true;
   return s.rip;
 }
 

@@ -1004,6 +1004,171 @@ TEST(SystemMode, InterceptedExceptionsStopTheRunUndelivered) {
   m.expect_handler(6);  // #UD is not intercepted: delivered
 }
 
+// ---------------- single step (RFLAGS.TF) ----------------
+
+constexpr uint64_t kDr6Bs = 1u << 14;
+
+// Steps with #DB intercepted: each run stops after one instruction, RIP after it.
+TEST(SingleStep, TrapsAfterEachInstructionWithDr6Bs) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.cpu.set_exception_intercepts(1u << 1);
+  m.code("bits 32\norg 0x4000\nnop\nmov eax, 1\nadd eax, eax\njmp next\nnext: hlt\n");
+  m.s.rflags_other |= rflags::TF;
+  for (uint64_t expected : {kCode + 1, kCode + 6, kCode + 8, kCode + 10}) {
+    m.s.sys.dr[6] = 0xffff0ff0;
+    RunResult r = m.run();
+    ASSERT_EQ(r.reason, StopReason::Exception);
+    EXPECT_EQ(m.s.exception.vector, Vector::DB);
+    EXPECT_EQ(m.s.rip, expected);
+    EXPECT_EQ(r.insns, 1u);
+    EXPECT_TRUE(m.s.sys.dr[6] & kDr6Bs);
+  }
+  EXPECT_EQ(m.s.regs[RAX], 2u);
+  // HLT itself takes no trap.
+  EXPECT_EQ(m.run().reason, StopReason::Halt);
+}
+
+// Delivered through the IDT: the handler gets the next EIP and EFLAGS with TF, runs with TF clear.
+TEST(SingleStep, DeliveredTrapPushesTheNextEipAndClearsTf) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.code("bits 32\norg 0x4000\nmov ebx, 7\nmov ecx, 8\nhlt\n");
+  m.s.rflags_other |= rflags::TF;
+  m.expect_handler(1);
+  const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
+  EXPECT_EQ(m.get32(esp), kCode + 5);
+  EXPECT_TRUE(m.get32(esp + 8) & rflags::TF);
+  EXPECT_FALSE(m.s.rflags_other & rflags::TF);
+  EXPECT_EQ(m.s.regs[RCX], 0u);
+  // IRET restores TF; it started with TF clear, so the next trap follows MOV ECX.
+  m.s.sys.halted = false;
+  m.expect_handler(1);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), kCode + 10);
+  EXPECT_EQ(m.s.regs[RCX], 8u);
+}
+
+// POPF that sets TF traps after the following instruction; one that clears it still traps after itself.
+TEST(SingleStep, PopfSettingTfTrapsAfterTheNextInstruction) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.cpu.set_exception_intercepts(1u << 1);
+  m.code(R"(
+    bits 32
+    org 0x4000
+    pushfd
+    or dword [esp], 0x100
+    popfd          ; 0x4008
+    nop            ; 0x4009
+    pushfd         ; 0x400a
+    and dword [esp], ~0x100
+    popfd          ; 0x4012
+    nop            ; 0x4013
+    hlt
+  )");
+  ASSERT_EQ(m.run().reason, StopReason::Exception);
+  EXPECT_EQ(m.s.rip, kCode + 0xa);  // after the NOP following POPF
+  ASSERT_EQ(m.run().reason, StopReason::Exception);
+  EXPECT_EQ(m.s.rip, kCode + 0xb);
+  ASSERT_EQ(m.run().reason, StopReason::Exception);
+  EXPECT_EQ(m.s.rip, kCode + 0x12);
+  ASSERT_EQ(m.run().reason, StopReason::Exception);  // the POPF clearing TF
+  EXPECT_EQ(m.s.rip, kCode + 0x13);
+  EXPECT_FALSE(m.s.rflags_other & rflags::TF);
+  EXPECT_EQ(m.run().reason, StopReason::Halt);
+}
+
+// INT n clears TF: the handler is not stepped and no trap follows INT n itself.
+TEST(SingleStep, SoftwareInterruptHandlerIsNotStepped) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.cpu.set_exception_intercepts(1u << 1);
+  m.code("bits 32\norg 0x4000\nint 0x30\nnop\nhlt\n");
+  m.s.rflags_other |= rflags::TF;
+  m.expect_handler(0x30);  // HLT in the handler, no #DB on the way
+  EXPECT_FALSE(m.s.rflags_other & rflags::TF);
+  RunResult r = m.resume();  // IRET (TF back on, no trap after it), then NOP traps
+  ASSERT_EQ(r.reason, StopReason::Exception);
+  EXPECT_EQ(m.s.exception.vector, Vector::DB);
+  EXPECT_EQ(m.s.rip, kCode + 3);
+}
+
+// Faults are delivered instead of the trap; the handler is not stepped.
+TEST(SingleStep, FaultingInstructionTakesTheFaultNotTheTrap) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.code("bits 32\norg 0x4000\nud2\n");
+  m.s.rflags_other |= rflags::TF;
+  m.expect_handler(6);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), kCode);
+  EXPECT_FALSE(m.s.rflags_other & rflags::TF);
+}
+
+// MOV SS / POP SS suppress the trap after them: the next one follows the instruction after.
+TEST(SingleStep, MovSsAndPopSsDelayTheTrap) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.cpu.set_exception_intercepts(1u << 1);
+  m.code(R"(
+    bits 32
+    org 0x4000
+    mov ax, 0x10   ; 0x4000
+    mov ss, ax     ; 0x4004
+    nop            ; 0x4006
+    push ss        ; 0x4007
+    pop ss         ; 0x4008
+    nop            ; 0x4009
+    sti            ; 0x400a (STI does not suppress the trap)
+    hlt
+  )");
+  m.s.rflags_other |= rflags::TF;
+  for (uint64_t expected : {kCode + 4, kCode + 7, kCode + 8, kCode + 0xa, kCode + 0xb}) {
+    ASSERT_EQ(m.run().reason, StopReason::Exception);
+    EXPECT_EQ(m.s.rip, expected);
+  }
+}
+
+TEST(SingleStep, LongModeAndRealMode) {
+  REQUIRE_NASM();
+  {
+    Machine m;
+    m.long64();
+    m.cpu.set_exception_intercepts(1u << 1);
+    m.code("bits 64\norg 0x4000\nmov rax, 0x123456789\npush rax\npop rbx\nhlt\n");
+    m.s.rflags_other |= rflags::TF;
+    for (uint64_t expected : {kCode + 10, kCode + 11, kCode + 12}) {
+      ASSERT_EQ(m.run().reason, StopReason::Exception);
+      EXPECT_EQ(m.s.rip, expected);
+    }
+    EXPECT_EQ(m.s.regs[RBX], 0x123456789u);
+  }
+  {
+    Machine m;  // real mode: delivered through the IVT
+    m.put32(4 * 1, 0x0000'8010);  // #DB at 0:8010 (handler(1)): hlt; iret
+    m.code("bits 16\norg 0x4000\ninc ax\ninc ax\n");
+    m.s.rflags_other |= rflags::TF;
+    m.expect_handler(1);
+    EXPECT_EQ(m.get16(static_cast<uint16_t>(m.s.regs[RSP])), kCode + 1);
+    EXPECT_EQ(m.s.regs[RAX] & 0xffff, 1u);
+  }
+}
+
+TEST(SingleStep, UserModeIgnoresTf) {
+  REQUIRE_NASM();
+  Machine m;
+  m.s.mode.system = false;
+  m.s.mode.code = CodeSize::Bits64;
+  m.code("bits 64\norg 0x4000\nnop\nnop\nhlt\n");
+  m.s.rflags_other |= rflags::TF;
+  EXPECT_EQ(m.run().reason, StopReason::Halt);
+}
+
 TEST(SystemMode, HltAtRing3IsGeneralProtection) {
   REQUIRE_NASM();
   Machine m;

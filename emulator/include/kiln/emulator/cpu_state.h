@@ -147,6 +147,11 @@ struct SystemState {
   uint64_t mtrr_def_type = 0, mtrr_fixed[11] = {}, mtrr_var[16] = {};
   // Interrupts are inhibited for one instruction after STI, MOV SS and POP SS.
   bool interrupt_shadow = false;
+  // Single step (RFLAGS.TF, see Cpu::run): MOV SS / POP SS also suppress the #DB trap after
+  // them (STI does not); an instruction that delivered an event itself (INT n, INT3, INTO,
+  // INT1) takes no trap, its handler runs with TF clear.
+  bool mov_ss_shadow = false;
+  bool event_delivered = false;
   // HLT executed: the CPU waits for an interrupt (Cpu::run returns StopReason::Halt until one arrives).
   bool halted = false;
 };
