@@ -946,7 +946,8 @@ void Translator::push_pop(ZydisMnemonic m) {
       return;
     }
     case ZYDIS_MNEMONIC_PUSHF: case ZYDIS_MNEMONIC_PUSHFD: case ZYDIS_MNEMONIC_PUSHFQ: {
-      // VM and RF read as 0 in the pushed image.
+      // Virtual-8086 mode: #GP(0) unless IOPL is 3. VM and RF read as 0 in the pushed image.
+      if (mode_.system && mode_.vm86) system(SystemOp::Vm86Pushf);
       Value f = b_.or_(cc_flags(), b_.and_(b_.get_field(ir::StateField::RflagsOther), c64(~uint64_t{0x30000})));
       push(b_.zext(f, t));
       return;

@@ -1169,6 +1169,126 @@ TEST(SingleStep, UserModeIgnoresTf) {
   EXPECT_EQ(m.run().reason, StopReason::Halt);
 }
 
+// ---------------- virtual-8086 mode ----------------
+
+constexpr uint64_t kVm = 1u << 17, kIopl3 = 3u << 12;
+constexpr uint64_t kVm86Code = 0x5000;  // CS 0x0500, IP 0
+
+// Places 16-bit `source` at linear 0x5000 and a 32-bit IRETD at kCode whose frame enters
+// virtual-8086 mode at 0500:0000 with SS:SP 0C00:0800, ES 0700, DS 0600, FS 0710, GS 0720.
+void enter_vm86(Machine& m, const std::string& source, uint32_t eflags) {
+  m.code("bits 16\n" + source, kVm86Code);
+  const uint32_t frame[9] = {0, 0x500, eflags | 2, 0x800, 0xc00, 0x700, 0x600, 0x710, 0x720};
+  const uint32_t sp = kStack0 - 64;
+  for (unsigned i = 0; i < 9; ++i) m.put32(sp + 4 * i, frame[i]);
+  m.s.regs[RSP] = sp;
+  m.code("bits 32\norg 0x4000\niretd\n");
+  m.cpu.flush_translations();  // the test rewrote code behind the emulator's back
+}
+
+TEST(Vm86, IretEntersAndFaultsComeBackWithTheExtendedFrame) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  enter_vm86(m, R"(
+    mov ax, 0x1234
+    mov [0x10], ax      ; DS 0600: linear 0x6010
+    mov bx, 0x0680
+    mov es, bx
+    mov [es:0x20], ax   ; linear 0x6820
+    push ax
+    pop cx
+    mov dx, cs
+    cli                 ; IOPL 0: #GP(0)
+  )", kVm);
+  m.expect_handler(13);
+  EXPECT_EQ(m.get16(0x6010), 0x1234u);
+  EXPECT_EQ(m.get16(0x6820), 0x1234u);
+  EXPECT_EQ(m.s.regs[RCX] & 0xffff, 0x1234u);
+  EXPECT_EQ(m.s.regs[RDX] & 0xffff, 0x500u);
+  EXPECT_EQ(m.s.sys.cpl, 0u);
+  EXPECT_FALSE(m.s.rflags_other & kVm);
+  EXPECT_FALSE(m.s.mode.vm86);
+  EXPECT_EQ(m.s.mode.code, CodeSize::Bits32);
+  for (Seg seg : {ES, DS, FS, GS}) EXPECT_EQ(m.s.seg_selector[seg], 0u);
+  const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
+  EXPECT_EQ(esp, kStack0 - 40);  // TSS ESP0, nine dwords and the error code
+  const uint32_t expected[10] = {0, 0x13, 0x500, 0, 0x800, 0xc00, 0x680, 0x600, 0x710, 0x720};
+  for (unsigned i = 0; i < 10; ++i)
+    if (i != 3) EXPECT_EQ(m.get32(esp + 4 * i), expected[i]) << "frame slot " << i;
+  EXPECT_TRUE(m.get32(esp + 12) & kVm);
+}
+
+TEST(Vm86, IoplSensitiveInstructionsFaultBelowIopl3) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.idt32(3, desc_type::kTrapGate32, 3);
+  m.cpu.set_exception_intercepts(1u << 13);
+  enter_vm86(m, "pushf\npopf\nint 0x30\niret\nsti\ncli\nhlt\nlar ax, bx\nint3\n", kVm);
+  // Each raises #GP(0) at itself; step over it by hand (the intercept keeps virtual-8086 mode).
+  for (unsigned length : {1, 1, 2, 1, 1, 1, 1}) {
+    const uint64_t ip = m.s.rip;
+    ASSERT_EQ(m.run().reason, StopReason::Exception) << "ip " << ip;
+    EXPECT_EQ(m.s.exception.vector, Vector::GP);
+    EXPECT_EQ(m.s.exception.error_code, 0u);
+    EXPECT_TRUE(m.s.rflags_other & kVm);
+    m.s.rip += length;
+  }
+  m.cpu.set_exception_intercepts(0);
+  // LAR: #UD; INT3 is not IOPL-sensitive: through the DPL-3 gate to ring 0.
+  m.expect_handler(6);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), 8u);  // a fault: at LAR
+  m.s.sys.halted = false;
+  enter_vm86(m, "int3\n", kVm);  // again from ring 0
+  m.expect_handler(3);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), 1u);  // a trap: after INT3
+}
+
+TEST(Vm86, Iopl3RunsInterruptsThroughTheIdtAndBack) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.idt32(0x30, desc_type::kInterruptGate32, 3);
+  m.idt32(0x31, desc_type::kInterruptGate32, 3);
+  enter_vm86(m, R"(
+    mov ax, 7
+    int 0x30
+    pushf
+    cli
+    pop bx
+    sti
+    push 0x0202
+    popf
+    mov cx, 0x0500
+    push cx
+    push word after
+    retf                ; real-style far return
+after:
+    int 0x31
+  )", kVm | kIopl3);
+  m.expect_handler(0x30);
+  const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
+  EXPECT_EQ(m.get32(esp), 5u);  // after INT 0x30
+  EXPECT_EQ(m.get32(esp + 4), 0x500u);
+  EXPECT_EQ(m.get32(esp + 8) & (kVm | kIopl3), kVm | kIopl3);
+  EXPECT_EQ(m.get32(esp + 24), 0x600u);  // DS
+  m.s.sys.halted = false;
+  m.expect_handler(0x31);  // IRETD back to virtual-8086 mode, the rest ran there
+  EXPECT_EQ(m.s.regs[RAX] & 0xffff, 7u);
+  EXPECT_EQ(m.s.regs[RBX] & (kVm | kIopl3 | rflags::IF), kIopl3);  // PUSHF: VM reads as 0
+  EXPECT_TRUE(m.get32(static_cast<uint32_t>(m.s.regs[RSP]) + 8) & rflags::IF);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP]) + 4), 0x500u);
+}
+
+TEST(Vm86, SegmentLimitIs64KiB) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  enter_vm86(m, "mov ax, [0xffff]\n", kVm);
+  m.expect_handler(13);
+}
+
 TEST(SystemMode, HltAtRing3IsGeneralProtection) {
   REQUIRE_NASM();
   Machine m;

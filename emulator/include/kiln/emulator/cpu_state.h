@@ -36,9 +36,13 @@ struct CpuMode {
   // System mode, protected mode outside 64-bit code: bit i set when segment i (Seg) is not
   // a usable flat 4 GiB segment, so its accesses are limit-checked.
   uint8_t checked_segments = 0;
+  // System mode: virtual-8086 mode (CR0.PE and RFLAGS.VM), where PUSHF is IOPL-sensitive.
+  bool vm86 = false;
   uint32_t key() const {
     return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) |
-           (system ? (stack_bits == 16 ? 16u : stack_bits == 32 ? 32u : 0u) | uint32_t{checked_segments} << 6 : 0u) |
+           (system ? (stack_bits == 16 ? 16u : stack_bits == 32 ? 32u : 0u) | uint32_t{checked_segments} << 6 |
+                         (vm86 ? 1u << 14 : 0u)
+                   : 0u) |
            (uint32_t{fpu} << 16);
   }
 };
