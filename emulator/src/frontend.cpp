@@ -3,6 +3,8 @@
 // before the instruction's first guest register, flag or RFLAGS write.
 #include "kiln/emulator/frontend.h"
 
+#include <algorithm>
+
 #include <Zydis/Zydis.h>
 #include <fmt/format.h>
 
@@ -135,7 +137,8 @@ class Translator {
     if (!is_fs_gs && (mode_.code == CodeSize::Bits64 || mode_.flat)) return {};
     return b_.get_field(static_cast<ir::StateField>(static_cast<unsigned>(ir::StateField::SegBaseEs) + idx));
   }
-  Value linear(Value ea, ZydisRegister seg) {
+  // `size` (bytes) and `access` (kSegmentRead | kSegmentWrite) refine the segment check when known.
+  Value linear(Value ea, ZydisRegister seg, unsigned size = 1, unsigned access = 0) {
     Value base = seg_base(seg);
     Value address = ea;
     if (base) {
@@ -145,7 +148,7 @@ class Translator {
     // System mode: segments that are not flat 4 GiB get their limit and usability checked.
     const unsigned index = static_cast<unsigned>(seg - ZYDIS_REGISTER_ES);
     if (seg != ZYDIS_REGISTER_NONE && (mode_.checked_segments >> index) & 1)
-      helper(HelperId::SegmentCheck, {address, c64(index)});
+      helper(HelperId::SegmentCheck, {address, c64(index | uint64_t{size} << 8 | uint64_t{access} << 24)});
     return address;
   }
   Value truncate_address(Value v, unsigned bits) {
@@ -171,7 +174,12 @@ class Translator {
     if (disp) sum = b_.add(sum, c64(disp));
     return truncate_address(sum, bits);
   }
-  Value mem_address(const ZydisDecodedOperand& op) { return linear(effective_address(op), op.mem.segment); }
+  Value mem_address(const ZydisDecodedOperand& op) {
+    if (!mode_.checked_segments) return linear(effective_address(op), op.mem.segment);
+    const unsigned access = ((op.actions & ZYDIS_OPERAND_ACTION_MASK_READ) ? kSegmentRead : 0u) |
+                            ((op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) ? kSegmentWrite : 0u);
+    return linear(effective_address(op), op.mem.segment, std::max(1u, op.size / 8u), access);
+  }
 
   Loc loc(unsigned i) {
     const ZydisDecodedOperand& op = ops_[i];

@@ -6,6 +6,8 @@
 // state is loaded are raised in the new task.
 #include "kiln/emulator/system.h"
 
+#include <algorithm>
+
 #include "kiln/emulator/cpu.h"
 #include "kiln/emulator/lazy_flags.h"
 
@@ -581,7 +583,8 @@ void update_mode(CpuState& s) {
       const uint16_t a = s.seg_attrs[seg];
       const bool usable = (a & kPresent) && (a & kS);
       const bool code = a & kCode;
-      const bool flat4g = s.seg_limit[seg] == 0xffffffffu && (code ? (a & kReadable) : !(a & kExpandDown));
+      // Code segments (never writable) and read-only data are checked for the access type too.
+      const bool flat4g = s.seg_limit[seg] == 0xffffffffu && !code && !(a & kExpandDown) && (a & kWritable);
       if (!usable || !flat4g) checked |= static_cast<uint8_t>(1u << seg);
     }
   }
@@ -988,14 +991,19 @@ uint64_t helper_software_interrupt(Cpu& cpu, uint64_t vector, uint64_t length, u
   return s.rip;
 }
 
-uint64_t helper_segment_check(Cpu& cpu, uint64_t linear, uint64_t seg, uint64_t, uint64_t) {
+uint64_t helper_segment_check(Cpu& cpu, uint64_t linear, uint64_t packed, uint64_t, uint64_t) {
   CpuState& s = cpu.state;
+  const unsigned seg = packed & 0xff, access = static_cast<unsigned>(packed >> 24);
+  const uint64_t size = std::max<uint64_t>(1, (packed >> 8) & 0xffff);
   const uint16_t a = s.seg_attrs[seg];
-  const uint64_t offset = (linear - s.seg_base[seg]) & 0xffffffffu;
+  const uint64_t offset = (linear - s.seg_base[seg]) & 0xffffffffu, last = offset + size - 1;
   const uint32_t limit = s.seg_limit[seg];
+  const bool code = a & kCode;
   bool ok = (a & kPresent) && (a & kS);
-  if (ok && !(a & kCode) && (a & kExpandDown)) ok = offset > limit && offset <= ((a & kDefaultBig) ? 0xffffffffu : 0xffffu);
-  else if (ok) ok = offset <= limit;
+  if (ok && !code && (a & kExpandDown)) ok = offset > limit && last <= ((a & kDefaultBig) ? 0xffffffffu : 0xffffu);
+  else if (ok) ok = last <= limit;
+  if (ok && (access & kSegmentWrite)) ok = !code && (a & kWritable);
+  if (ok && (access & kSegmentRead)) ok = !code || (a & kReadable);
   if (!ok) fail(s, seg == SS ? Vector::SS : Vector::GP);
   return 0;
 }

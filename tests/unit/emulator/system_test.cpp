@@ -458,7 +458,8 @@ TEST(SystemMode, SegmentLimitAndNullSegmentChecks) {
     const char* code;
     unsigned vector;
   };
-  for (Case c : {Case{"mov eax, [0xfffe]", 0},          // inside the 64 KiB limit (may straddle: not checked)
+  for (Case c : {Case{"mov eax, [0xfffc]", 0},          // inside the 64 KiB limit
+                 Case{"mov eax, [0xfffe]", 13},         // its last byte beyond the limit
                  Case{"mov eax, [0x10000]", 13},        // beyond the limit
                  Case{"mov eax, [es:0x1fff0]", 13},     // expand-down, limit 0x1ffff: at or below the limit is invalid
                  Case{"mov eax, [es:0x30000]", 0},      // expand-down: above the limit is valid
@@ -478,6 +479,36 @@ TEST(SystemMode, SegmentLimitAndNullSegmentChecks) {
       const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
       EXPECT_EQ(m.get32(esp), 0u) << c.code;
     }
+  }
+}
+
+TEST(SystemMode, SegmentChecksUseTheAccessSizeAndType) {
+  REQUIRE_NASM();
+  struct Case {
+    const char* code;
+    unsigned vector;
+  };
+  for (Case c : {Case{"mov ax, 0x60\nmov ds, ax\nmov eax, [0x100]", 0},   // read-only data: reads work
+                 Case{"mov ax, 0x60\nmov ds, ax\nmov [0x100], eax", 13},  // writes do not
+                 Case{"mov ax, 0x60\nmov ds, ax\nadd [0x100], eax", 13},
+                 Case{"mov eax, [cs:0x4000]", 0},                         // readable code
+                 Case{"mov [cs:0x4100], eax", 13},                        // code is never writable
+                 Case{"jmp 0x68:next\nnext: mov eax, [cs:0x4000]", 13},   // execute-only code
+                 Case{"jmp 0x68:next\nnext: mov eax, [0x4000]", 0},
+                 Case{"mov ax, 0x80\nmov ds, ax\nmov word [0xfffe], 1", 0},
+                 Case{"mov ax, 0x80\nmov ds, ax\nmov dword [0xfffe], 1", 13},
+                 Case{"mov ax, 0x80\nmov ds, ax\nmovq mm0, [0xfff9]", 13},  // 8 bytes
+                 Case{"mov ax, 0x88\nmov es, ax\nmov eax, [es:0xfffc]", 0},    // expand-down upper end
+                 Case{"mov ax, 0x88\nmov es, ax\nmov eax, [es:0xfffe]", 13}}) {
+    Machine m;
+    m.protected32();
+    m.gdt(0x80, segment(0, 0xffff, 0x92, 0x4));  // 32-bit data, 64 KiB limit
+    m.gdt(0x88, segment(0, 0x1fff, 0x96, 0x0));  // expand-down data, limit 0x1fff, B = 0 (upper end 0xffff)
+    m.s.sys.gdtr.limit = 0x8f;
+    m.idt32(0, desc_type::kInterruptGate32, 0);
+    m.code(std::string("bits 32\norg 0x4000\n") + c.code + "\nxor edx, edx\ndiv edx\n");  // #DE when no fault came first
+    m.expect_handler(c.vector);
+    if (c.vector != 0) EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), 0u) << c.code;
   }
 }
 
