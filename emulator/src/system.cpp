@@ -590,6 +590,7 @@ void update_mode(CpuState& s) {
   }
   s.mode.checked_segments = checked;
   s.mode.vm86 = vm86_active(s);
+  s.mode.cs_limited = in_protected_mode(s) && s.mode.code != CodeSize::Bits64 && s.seg_limit[CS] != 0xffffffffu;
 }
 
 bool read_descriptor(Cpu& cpu, uint16_t selector, Descriptor& out, bool wide) {

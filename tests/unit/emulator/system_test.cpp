@@ -512,6 +512,45 @@ TEST(SystemMode, SegmentChecksUseTheAccessSizeAndType) {
   }
 }
 
+TEST(SystemMode, CodeFetchBeyondTheCsLimitIsGeneralProtection) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.gdt(0x80, segment(0, 0x4007, 0x9a, 0x4));  // 32-bit code, limit 0x4007 (byte granular)
+  m.gdt(0x88, segment(0, 0xffff, 0x9a, 0x4));  // the same with limit 0xffff
+  m.s.sys.gdtr.limit = 0x8f;
+  m.code("bits 32\norg 0x4000\ntimes 7 nop\nmov eax, 1\nhlt\n");  // MOV at 0x4007 crosses the limit
+  // Under the larger limit the block runs to HLT (and is cached).
+  m.set_segment(CS, 0x88);
+  update_mode(m.s);
+  EXPECT_TRUE(m.s.mode.cs_limited);
+  ASSERT_EQ(m.run().reason, StopReason::Halt);
+  EXPECT_EQ(m.s.regs[RAX], 1u);
+  // Same base and mode key, smaller limit: the cached block must not run past it.
+  m.s.regs[RAX] = 0;
+  m.s.sys.halted = false;
+  m.set_segment(CS, 0x80);
+  update_mode(m.s);
+  m.s.rip = kCode;
+  m.expect_handler(13);
+  const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
+  EXPECT_EQ(m.get32(esp), 0u);           // error code
+  EXPECT_EQ(m.get32(esp + 4), kCode + 7);  // at the instruction crossing the limit
+  EXPECT_EQ(m.get32(esp + 8), 0x80u);
+  EXPECT_EQ(m.s.regs[RAX], 0u);
+  // Starting beyond the limit faults before paging is consulted.
+  m.s.sys.halted = false;
+  m.set_segment(CS, 0x80);
+  update_mode(m.s);
+  m.s.rip = 0x200000;  // unmapped: #GP, not #PF
+  m.expect_handler(13);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP]) + 4), 0x200000u);
+  // Flat 4 GiB code is not limited.
+  m.set_segment(CS, kCode32);
+  update_mode(m.s);
+  EXPECT_FALSE(m.s.mode.cs_limited);
+}
+
 TEST(SystemMode, StringInstructionsCheckOnlyTheSegmentsTheyUse) {
   REQUIRE_NASM();
   Machine m;

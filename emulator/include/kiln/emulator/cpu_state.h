@@ -38,10 +38,13 @@ struct CpuMode {
   uint8_t checked_segments = 0;
   // System mode: virtual-8086 mode (CR0.PE and RFLAGS.VM), where PUSHF is IOPL-sensitive.
   bool vm86 = false;
+  // System mode, protected mode outside 64-bit code: the CS limit is below 4 GiB, so code
+  // fetch is limit-checked (#GP(0)) and cached blocks are validated against it.
+  bool cs_limited = false;
   uint32_t key() const {
     return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) |
            (system ? (stack_bits == 16 ? 16u : stack_bits == 32 ? 32u : 0u) | uint32_t{checked_segments} << 6 |
-                         (vm86 ? 1u << 14 : 0u)
+                         (vm86 ? 1u << 14 : 0u) | (cs_limited ? 1u << 15 : 0u)
                    : 0u) |
            (uint32_t{fpu} << 16);
   }
