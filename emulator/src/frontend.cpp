@@ -174,12 +174,14 @@ class Translator {
     if (disp) sum = b_.add(sum, c64(disp));
     return truncate_address(sum, bits);
   }
-  Value mem_address(const ZydisDecodedOperand& op) {
-    if (!mode_.checked_segments) return linear(effective_address(op), op.mem.segment);
+  // The linear address of memory operand `op` (its segment checked with its size and use).
+  Value operand_linear(const ZydisDecodedOperand& op, Value ea) {
+    if (!mode_.checked_segments) return linear(ea, op.mem.segment);
     const unsigned access = ((op.actions & ZYDIS_OPERAND_ACTION_MASK_READ) ? kSegmentRead : 0u) |
                             ((op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) ? kSegmentWrite : 0u);
-    return linear(effective_address(op), op.mem.segment, std::max(1u, op.size / 8u), access);
+    return linear(ea, op.mem.segment, std::max(1u, op.size / 8u), access);
   }
+  Value mem_address(const ZydisDecodedOperand& op) { return operand_linear(op, effective_address(op)); }
 
   Loc loc(unsigned i) {
     const ZydisDecodedOperand& op = ops_[i];
@@ -1777,7 +1779,7 @@ void Translator::x87() {
                            ? static_cast<uint64_t>(op.mem.segment - ZYDIS_REGISTER_ES) : static_cast<uint64_t>(DS);
   const uint64_t insn = fop | (operand16 ? uint64_t{kX87Operand16} : uint64_t{0}) | (seg << kX87SegmentShift);
   Value ea = effective_address(op);
-  helper(HelperId::X87, {c64(insn), linear(ea, op.mem.segment), ea});
+  helper(HelperId::X87, {c64(insn), operand_linear(op, ea), ea});
 }
 
 // ---- System mode (SYS-B): privileged instructions, see privileged.h ----

@@ -498,6 +498,10 @@ TEST(SystemMode, SegmentChecksUseTheAccessSizeAndType) {
                  Case{"mov ax, 0x80\nmov ds, ax\nmov word [0xfffe], 1", 0},
                  Case{"mov ax, 0x80\nmov ds, ax\nmov dword [0xfffe], 1", 13},
                  Case{"mov ax, 0x80\nmov ds, ax\nmovq mm0, [0xfff9]", 13},  // 8 bytes
+                 Case{"mov ax, 0x80\nmov ds, ax\nfld qword [0xfff9]", 13},  // x87 (a helper access)
+                 Case{"mov ax, 0x60\nmov ds, ax\nfnstcw [0x100]", 13},
+                 Case{"mov ax, 0x60\nmov ds, ax\nfnstcw [cs:0x5000]", 13},
+                 Case{"mov ax, 0x60\nmov ds, ax\nfld dword [0x100]", 0},
                  Case{"mov ax, 0x88\nmov es, ax\nmov eax, [es:0xfffc]", 0},    // expand-down upper end
                  Case{"mov ax, 0x88\nmov es, ax\nmov eax, [es:0xfffe]", 13}}) {
     Machine m;
