@@ -221,7 +221,9 @@ class Translator {
   Type op_type() const { return ir::int_type(insn_.operand_width); }
 
   // ---- stack ----
-  Value stack_address(Value rsp) { return linear(truncate_address(rsp, stack_bits()), ZYDIS_REGISTER_SS); }
+  Value stack_address(Value rsp, unsigned size = 1) {
+    return linear(truncate_address(rsp, stack_bits()), ZYDIS_REGISTER_SS, size);
+  }
   Value stack_pointer_plus(Value rsp, int64_t delta) {
     return b_.add(rsp, c64(static_cast<uint64_t>(delta)));
   }
@@ -233,13 +235,13 @@ class Translator {
   void push(Value v) {
     Value rsp = full_reg(RSP);
     Value new_rsp = stack_pointer_plus(rsp, -static_cast<int64_t>(ir::type_bits(v.type) / 8));
-    b_.store(stack_address(new_rsp), v);
+    b_.store(stack_address(new_rsp, ir::type_bits(v.type) / 8), v);
     write_rsp(new_rsp);
   }
   // Loads the value at the top of the stack; returns it and the incremented RSP (not yet written).
   std::pair<Value, Value> pop_value(Type t) {
     Value rsp = full_reg(RSP);
-    Value v = b_.load(t, stack_address(rsp));
+    Value v = b_.load(t, stack_address(rsp, ir::type_bits(t) / 8));
     return {v, stack_pointer_plus(rsp, ir::type_bits(t) / 8)};
   }
 

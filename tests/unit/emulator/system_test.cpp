@@ -464,7 +464,9 @@ TEST(SystemMode, SegmentLimitAndNullSegmentChecks) {
                  Case{"mov eax, [es:0x1fff0]", 13},     // expand-down, limit 0x1ffff: at or below the limit is invalid
                  Case{"mov eax, [es:0x30000]", 0},      // expand-down: above the limit is valid
                  Case{"xor eax, eax\nmov fs, ax\nmov eax, [fs:0]", 13},  // null FS
-                 Case{"mov esp, 0x10004\npush eax", 12}}) {  // SS limit
+                 Case{"mov esp, 0x10004\npush eax", 12},     // SS limit
+                 Case{"mov esp, 0xfffe\npop eax", 12},       // its last byte beyond the SS limit
+                 Case{"mov esp, 0xfffc\npop eax", 0}}) {
     Machine m;
     m.protected32();
     m.gdt(0x80, segment(0, 0xffff, 0x92, 0x4));    // 32-bit data, 64 KiB limit
