@@ -137,8 +137,9 @@ void TbCache::flush() {
 // through PhysicalMemory and makes the block uncacheable.
 class CodeFetcher final : public Memory {
  public:
-  CodeFetcher(Cpu& cpu, uint64_t cs_base, bool wrap32, Privilege privilege)
-      : cpu_(cpu), cs_base_(cs_base), wrap32_(wrap32), privilege_(privilege) {}
+  // `cs_limit`: the last offset code may be fetched from (CS limit), beyond it #GP(0).
+  CodeFetcher(Cpu& cpu, uint64_t cs_base, bool wrap32, Privilege privilege, uint64_t cs_limit = ~uint64_t{0})
+      : cpu_(cpu), cs_base_(cs_base), wrap32_(wrap32), privilege_(privilege), cs_limit_(cs_limit) {}
 
   uint8_t* page_pointer(uint64_t address, Access) override {
     Page* page = page_for(linear(address));
@@ -147,6 +148,8 @@ class CodeFetcher final : public Memory {
 
   size_t fetch_code(uint64_t address, uint8_t* out, size_t want, uint64_t& fault_address) override {
     size_t got = 0;
+    const size_t requested = want;
+    if (cs_limit_ != ~uint64_t{0}) want = address > cs_limit_ ? 0 : std::min<uint64_t>(want, cs_limit_ - address + 1);
     while (got < want) {
       const uint64_t at = linear(address + got);
       Page* page = page_for(at);
@@ -166,6 +169,10 @@ class CodeFetcher final : public Memory {
       page->lo = std::min<uint64_t>(page->lo, offset);
       page->hi = std::max<uint64_t>(page->hi, offset + n);
       got += n;
+    }
+    if (got == want && want < requested) {  // stopped by the CS limit
+      fault_address = address + got;
+      fault_ = PendingException{.raised = true, .vector = Vector::GP};
     }
     last_fetch_ = address;
     last_got_ = got;
@@ -234,6 +241,7 @@ class CodeFetcher final : public Memory {
   uint64_t cs_base_;
   bool wrap32_;
   Privilege privilege_;
+  uint64_t cs_limit_;
   std::vector<Page> pages_;
   PendingException fault_;
   bool cacheable_ = true;
@@ -448,6 +456,10 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
   const bool wrap32 = system && !bits64;
   const uint64_t linear = wrap32 ? (pc + cs_base) & 0xffffffff : pc + cs_base;
   const Privilege privilege = data_privilege();
+  if (state.mode.cs_limited && pc > state.seg_limit[CS]) [[unlikely]] {  // the limit is checked before paging
+    state.exception = PendingException{.raised = true, .vector = Vector::GP};
+    return nullptr;
+  }
   uint64_t phys;
   const TlbEntry& e = tlb_[static_cast<int>(Access::Execute)][(linear >> 12) & (kTlbSize - 1)];
   if (e.tag == (linear & kPageMask)) [[likely]] {
@@ -457,6 +469,7 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
     if (!access_page(linear, Access::Execute, privilege, page)) return nullptr;  // the first byte faults
     phys = page.phys | (linear & ~kPageMask);
   }
+  bool force_uncached = false;
   if (!single_insn) {
     if (TranslatedBlock* tb = cache_.find(pc, phys, cs_base, mode)) [[likely]] {
       bool valid = true;
@@ -468,17 +481,20 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
                 page.phys == (tb->spans[i].phys & kPageMask);
         state.exception = saved;
       }
+      // A block translated under a larger CS limit may not reach beyond the current one.
+      if (valid && state.mode.cs_limited && tb->pc + tb->guest_bytes > uint64_t{state.seg_limit[CS]} + 1) valid = false;
       if (valid) return tb;
+      force_uncached = true;  // its key is taken: translate this one as a one-off block
     }
   }
-  CodeFetcher fetcher(*this, cs_base, wrap32, privilege);
+  CodeFetcher fetcher(*this, cs_base, wrap32, privilege, state.mode.cs_limited ? state.seg_limit[CS] : ~uint64_t{0});
   TranslateOptions options = options_;
   if (single_insn) options.max_insns = 1;
   ir::Block raw;
   ir::Block block = translate_block(fetcher, pc, state.mode, options, (log_mask_ & kLogOp) ? &raw : nullptr);
   // Before logging, whose disassembly fetches again:
   std::vector<TranslatedBlock::Span> spans = fetcher.spans(pc, block.guest_bytes);
-  const bool cacheable = !single_insn && fetcher.cacheable(pc, block.guest_bytes) && !spans.empty();
+  const bool cacheable = !single_insn && !force_uncached && fetcher.cacheable(pc, block.guest_bytes) && !spans.empty();
   ++stats_.translations;
   if (log_ && (log_mask_ & kLogInAsm))
     fmt::print(log_, "IN:\n{}\n", disassemble(fetcher, pc, state.mode, block.guest_insns));
@@ -516,7 +532,8 @@ TranslatedBlock* Cpu::next_block() {
   const uint32_t mode = state.mode.key();
   const uint64_t cs_base = state.mode.system && state.mode.code != CodeSize::Bits64 ? state.seg_base[CS] : 0;
   const uint64_t generation = cache_.chain_generation();
-  if (from != nullptr && !single) {
+  // Blocks under a CS limit below 4 GiB are validated against it in get_block: no chaining.
+  if (from != nullptr && !single && !state.mode.cs_limited) {
     for (const TranslatedBlock::Link& link : from->links) {
       const TranslatedBlock* to = link.tb;
       if (link.generation == generation && to->pc == state.rip && to->mode == mode && to->cs_base == cs_base) [[likely]]
@@ -589,6 +606,18 @@ bool Cpu::system_boundary(StopReason& reason) {
   return false;
 }
 
+bool Cpu::single_step_trap() {
+  SystemState& sys = state.sys;
+  // No trap after MOV SS / POP SS (the next instruction's covers both), after an instruction
+  // that delivered an event (its handler starts with TF clear), or after HLT.
+  const bool suppressed = std::exchange(sys.mov_ss_shadow, false) | std::exchange(sys.event_delivered, false) ||
+                          (state.stop_request & kStopHalt);
+  if (suppressed) return false;
+  sys.dr[6] |= kDr6SingleStep;
+  state.exception = PendingException{.raised = true, .vector = Vector::DB};
+  return true;
+}
+
 RunResult Cpu::run(uint64_t max_insns) {
   RunResult result;
   state.exception = PendingException{};
@@ -624,6 +653,13 @@ RunResult Cpu::run(uint64_t max_insns) {
   while (result.insns + deliveries < max_insns) {
     if (system && system_boundary(result.reason)) [[unlikely]]
       return result;
+    // Single step: TF at the start of an instruction traps after it, so a stepped block
+    // holds one instruction (an uncached translation: stepping is rare and slow anyway).
+    const bool stepping = system && (state.rflags_other & rflags::TF);
+    if (stepping) [[unlikely]] {
+      single_insn_next_ = true;
+      state.sys.mov_ss_shadow = state.sys.event_delivered = false;
+    }
     TranslatedBlock* tb = next_block();
     if (!tb) {  // the block's first byte cannot be fetched (state.exception set)
       if (take_exception()) return result;
@@ -645,6 +681,10 @@ RunResult Cpu::run(uint64_t max_insns) {
     }
     state.rip = r.next_pc;
     chained_from(tb);
+    if (stepping && single_step_trap()) [[unlikely]] {
+      if (take_exception()) return result;
+      continue;
+    }
     if (state.stop_request) {
       if (system && state.stop_request == kStopHalt) {
         // HLT (sys.halted set): the next boundary takes a deliverable interrupt or returns Halt.

@@ -3,6 +3,8 @@
 // before the instruction's first guest register, flag or RFLAGS write.
 #include "kiln/emulator/frontend.h"
 
+#include <algorithm>
+
 #include <Zydis/Zydis.h>
 #include <fmt/format.h>
 
@@ -135,7 +137,8 @@ class Translator {
     if (!is_fs_gs && (mode_.code == CodeSize::Bits64 || mode_.flat)) return {};
     return b_.get_field(static_cast<ir::StateField>(static_cast<unsigned>(ir::StateField::SegBaseEs) + idx));
   }
-  Value linear(Value ea, ZydisRegister seg) {
+  // `size` (bytes) and `access` (kSegmentRead | kSegmentWrite) refine the segment check when known.
+  Value linear(Value ea, ZydisRegister seg, unsigned size = 1, unsigned access = 0) {
     Value base = seg_base(seg);
     Value address = ea;
     if (base) {
@@ -145,7 +148,7 @@ class Translator {
     // System mode: segments that are not flat 4 GiB get their limit and usability checked.
     const unsigned index = static_cast<unsigned>(seg - ZYDIS_REGISTER_ES);
     if (seg != ZYDIS_REGISTER_NONE && (mode_.checked_segments >> index) & 1)
-      helper(HelperId::SegmentCheck, {address, c64(index)});
+      helper(HelperId::SegmentCheck, {address, c64(index | uint64_t{size} << 8 | uint64_t{access} << 24)});
     return address;
   }
   Value truncate_address(Value v, unsigned bits) {
@@ -171,7 +174,14 @@ class Translator {
     if (disp) sum = b_.add(sum, c64(disp));
     return truncate_address(sum, bits);
   }
-  Value mem_address(const ZydisDecodedOperand& op) { return linear(effective_address(op), op.mem.segment); }
+  // The linear address of memory operand `op` (its segment checked with its size and use).
+  Value operand_linear(const ZydisDecodedOperand& op, Value ea) {
+    if (!mode_.checked_segments) return linear(ea, op.mem.segment);
+    const unsigned access = ((op.actions & ZYDIS_OPERAND_ACTION_MASK_READ) ? kSegmentRead : 0u) |
+                            ((op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) ? kSegmentWrite : 0u);
+    return linear(ea, op.mem.segment, std::max(1u, op.size / 8u), access);
+  }
+  Value mem_address(const ZydisDecodedOperand& op) { return operand_linear(op, effective_address(op)); }
 
   Loc loc(unsigned i) {
     const ZydisDecodedOperand& op = ops_[i];
@@ -211,7 +221,9 @@ class Translator {
   Type op_type() const { return ir::int_type(insn_.operand_width); }
 
   // ---- stack ----
-  Value stack_address(Value rsp) { return linear(truncate_address(rsp, stack_bits()), ZYDIS_REGISTER_SS); }
+  Value stack_address(Value rsp, unsigned size = 1) {
+    return linear(truncate_address(rsp, stack_bits()), ZYDIS_REGISTER_SS, size);
+  }
   Value stack_pointer_plus(Value rsp, int64_t delta) {
     return b_.add(rsp, c64(static_cast<uint64_t>(delta)));
   }
@@ -223,13 +235,13 @@ class Translator {
   void push(Value v) {
     Value rsp = full_reg(RSP);
     Value new_rsp = stack_pointer_plus(rsp, -static_cast<int64_t>(ir::type_bits(v.type) / 8));
-    b_.store(stack_address(new_rsp), v);
+    b_.store(stack_address(new_rsp, ir::type_bits(v.type) / 8), v);
     write_rsp(new_rsp);
   }
   // Loads the value at the top of the stack; returns it and the incremented RSP (not yet written).
   std::pair<Value, Value> pop_value(Type t) {
     Value rsp = full_reg(RSP);
-    Value v = b_.load(t, stack_address(rsp));
+    Value v = b_.load(t, stack_address(rsp, ir::type_bits(t) / 8));
     return {v, stack_pointer_plus(rsp, ir::type_bits(t) / 8)};
   }
 
@@ -946,7 +958,8 @@ void Translator::push_pop(ZydisMnemonic m) {
       return;
     }
     case ZYDIS_MNEMONIC_PUSHF: case ZYDIS_MNEMONIC_PUSHFD: case ZYDIS_MNEMONIC_PUSHFQ: {
-      // VM and RF read as 0 in the pushed image.
+      // Virtual-8086 mode: #GP(0) unless IOPL is 3. VM and RF read as 0 in the pushed image.
+      if (mode_.system && mode_.vm86) system(SystemOp::Vm86Pushf);
       Value f = b_.or_(cc_flags(), b_.and_(b_.get_field(ir::StateField::RflagsOther), c64(~uint64_t{0x30000})));
       push(b_.zext(f, t));
       return;
@@ -1768,7 +1781,7 @@ void Translator::x87() {
                            ? static_cast<uint64_t>(op.mem.segment - ZYDIS_REGISTER_ES) : static_cast<uint64_t>(DS);
   const uint64_t insn = fop | (operand16 ? uint64_t{kX87Operand16} : uint64_t{0}) | (seg << kX87SegmentShift);
   Value ea = effective_address(op);
-  helper(HelperId::X87, {c64(insn), linear(ea, op.mem.segment), ea});
+  helper(HelperId::X87, {c64(insn), operand_linear(op, ea), ea});
 }
 
 // ---- System mode (SYS-B): privileged instructions, see privileged.h ----

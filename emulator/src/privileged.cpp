@@ -730,6 +730,9 @@ uint64_t helper_system(Cpu& cpu, uint64_t op, uint64_t b, uint64_t c, uint64_t d
     case SystemOp::Cli: cli_sti(s, false); return 0;
     case SystemOp::Sti: cli_sti(s, true); return 0;
     case SystemOp::Popf: popf(s, b, static_cast<unsigned>(c)); return 0;
+    case SystemOp::Vm86Pushf:
+      if (vm86(s) && iopl(s) != 3) gp(s);
+      return 0;
     case SystemOp::Stac:
     case SystemOp::Clac:
       // SMAP's AC toggles are CPL-0 only (#UD elsewhere, like without SMAP).

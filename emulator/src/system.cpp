@@ -6,6 +6,8 @@
 // state is loaded are raised in the new task.
 #include "kiln/emulator/system.h"
 
+#include <algorithm>
+
 #include "kiln/emulator/cpu.h"
 #include "kiln/emulator/lazy_flags.h"
 
@@ -166,6 +168,11 @@ void commit_cs(CpuState& s, uint16_t selector, const Descriptor& d, unsigned cpl
   s.sys.cpl = static_cast<uint8_t>(cpl);
   update_mode(s);
 }
+
+constexpr uint64_t kFlagVm = 1u << 17, kFlagIopl = 3u << 12;
+bool vm86_active(const CpuState& s) { return in_protected_mode(s) && (s.rflags_other & kFlagVm); }
+// Real mode and virtual-8086 mode: a segment load sets the selector and base = selector << 4.
+bool real_style_segments(const CpuState& s) { return !in_protected_mode(s) || (s.rflags_other & kFlagVm); }
 
 void commit_real_cs(CpuState& s, uint16_t selector) {
   s.seg_selector[CS] = selector;
@@ -379,7 +386,7 @@ bool task_switch(Cpu& cpu, uint16_t selector, const Descriptor& tss, TaskSource 
   commit_cs(s, cs_selector, cs, new_cpl);
   for (Seg seg : {SS, ES, DS, FS, GS})
     if (!load_task_segment(cpu, seg, static_cast<uint16_t>(selectors[seg]))) return false;
-  s.sys.interrupt_shadow = false;
+  s.sys.interrupt_shadow = s.sys.mov_ss_shadow = false;
   if (!target_offset_ok(s, cs, eip)) return fail(s, Vector::GP);
   if (push_error) {
     StackWriter stack(cpu, s.seg_base[SS], s.regs[RSP], stack_bits(s), false);
@@ -409,7 +416,7 @@ uint64_t far_transfer(Cpu& cpu, uint16_t selector, uint64_t offset, unsigned bit
                       FarKind kind) {
   CpuState& s = cpu.state;
   offset &= width_mask(bits);
-  if (!in_protected_mode(s)) {
+  if (real_style_segments(s)) {
     if (kind == FarKind::Call) {
       const unsigned bytes = bits / 8;
       StackWriter stack(cpu, s.seg_base[SS], s.regs[RSP], stack_bits(s), false);
@@ -576,11 +583,14 @@ void update_mode(CpuState& s) {
       const uint16_t a = s.seg_attrs[seg];
       const bool usable = (a & kPresent) && (a & kS);
       const bool code = a & kCode;
-      const bool flat4g = s.seg_limit[seg] == 0xffffffffu && (code ? (a & kReadable) : !(a & kExpandDown));
+      // Code segments (never writable) and read-only data are checked for the access type too.
+      const bool flat4g = s.seg_limit[seg] == 0xffffffffu && !code && !(a & kExpandDown) && (a & kWritable);
       if (!usable || !flat4g) checked |= static_cast<uint8_t>(1u << seg);
     }
   }
   s.mode.checked_segments = checked;
+  s.mode.vm86 = vm86_active(s);
+  s.mode.cs_limited = in_protected_mode(s) && s.mode.code != CodeSize::Bits64 && s.seg_limit[CS] != 0xffffffffu;
 }
 
 bool read_descriptor(Cpu& cpu, uint16_t selector, Descriptor& out, bool wide) {
@@ -592,11 +602,11 @@ bool read_descriptor(Cpu& cpu, uint16_t selector, Descriptor& out, bool wide) {
 
 bool load_data_segment(Cpu& cpu, Seg seg, uint16_t selector) {
   CpuState& s = cpu.state;
-  if (!in_protected_mode(s)) {
+  if (real_style_segments(s)) {
     // Real mode: only selector and base change (limit and attributes stay, as on hardware).
     s.seg_selector[seg] = selector;
     s.seg_base[seg] = uint64_t{selector} << 4;
-    if (seg == SS) s.sys.interrupt_shadow = true;
+    if (seg == SS) s.sys.interrupt_shadow = s.sys.mov_ss_shadow = true;
     update_mode(s);
     return true;
   }
@@ -606,7 +616,7 @@ bool load_data_segment(Cpu& cpu, Seg seg, uint16_t selector) {
     if (seg == SS) {
       if (!(s.mode.code == CodeSize::Bits64 && cpl != 3 && rpl == cpl)) return fail(s, Vector::GP);
       commit_ss(s, selector, Descriptor{}, cpl);
-      s.sys.interrupt_shadow = true;
+      s.sys.interrupt_shadow = s.sys.mov_ss_shadow = true;
     } else {
       load_null(s, seg, selector);
     }
@@ -625,7 +635,7 @@ bool load_data_segment(Cpu& cpu, Seg seg, uint16_t selector) {
   }
   if (!set_accessed(cpu, selector, d)) return false;
   load_cache(s, seg, selector, d);
-  if (seg == SS) s.sys.interrupt_shadow = true;
+  if (seg == SS) s.sys.interrupt_shadow = s.sys.mov_ss_shadow = true;
   update_mode(s);
   return true;
 }
@@ -714,6 +724,9 @@ bool deliver_event(Cpu& cpu, uint8_t vector, EventKind kind, uint32_t error_code
                                       type == desc_type::kTaskGate);
   if (!valid_type) return fail(s, Vector::GP, idt_error);
   const unsigned cpl = s.sys.cpl;
+  const bool from_vm86 = vm86_active(s);
+  // Virtual-8086 mode (no VME): INT n is IOPL-sensitive (INT3, INTO and INT1 are not).
+  if (from_vm86 && kind == EventKind::Software && (old_flags & kFlagIopl) != kFlagIopl) return fail(s, Vector::GP);
   if (software && gate.dpl() < cpl) return fail(s, Vector::GP, idt_error - ext);
   if (!gate.present()) return fail(s, Vector::NP, idt_error);
   const bool push_error = kind == EventKind::Exception && exception_has_error_code(vector);
@@ -730,6 +743,9 @@ bool deliver_event(Cpu& cpu, uint8_t vector, EventKind kind, uint32_t error_code
   if (!found || !is_code(cs) || cs.dpl() > cpl) return fail(s, Vector::GP, target_error);
   if (!cs.present()) return fail(s, Vector::NP, target_error);
   if (lma && !is_64bit_code(cs)) return fail(s, Vector::GP, target_error);
+  // From virtual-8086 mode only to a ring-0 non-conforming segment through a 32-bit gate.
+  const bool gate32 = type == desc_type::kInterruptGate32 || type == desc_type::kTrapGate32;
+  if (from_vm86 && (is_conforming_code(cs) || cs.dpl() != 0 || !gate32)) return fail(s, Vector::GP, target_error);
   const unsigned gate_bits = lma ? 64 : (type == desc_type::kInterruptGate32 || type == desc_type::kTrapGate32) ? 32 : 16;
   const uint64_t offset = lma ? gate.gate_offset64() : gate_bits == 16 ? gate.gate_offset() & 0xffff : gate.gate_offset();
   if (!target_offset_ok(s, cs, offset)) return fail(s, Vector::GP, ext);
@@ -762,6 +778,9 @@ bool deliver_event(Cpu& cpu, uint8_t vector, EventKind kind, uint32_t error_code
   }
 
   StackWriter stack(cpu, ss_base, sp, sp_bits, inner);
+  if (from_vm86 && (!stack.push(s.seg_selector[GS], 4) || !stack.push(s.seg_selector[FS], 4) ||
+                    !stack.push(s.seg_selector[DS], 4) || !stack.push(s.seg_selector[ES], 4)))
+    return false;
   if (lma || inner) {
     if (!stack.push(s.seg_selector[SS], bytes) || !stack.push(s.regs[RSP], bytes)) return false;
   }
@@ -772,6 +791,8 @@ bool deliver_event(Cpu& cpu, uint8_t vector, EventKind kind, uint32_t error_code
   if (inner && !lma && !set_accessed(cpu, new_ss, ss_desc)) return false;
 
   if (inner) commit_ss(s, new_ss, ss_desc, new_cpl);
+  if (from_vm86)
+    for (Seg seg : {ES, DS, FS, GS}) load_null(s, seg, 0);
   s.regs[RSP] = merge_sp(s.regs[RSP], stack.sp(), sp_bits);
   uint64_t flags = old_flags & ~(rflags::TF | (uint64_t{1} << 14) /*NT*/ | (uint64_t{1} << 16) /*RF*/ | (uint64_t{1} << 17) /*VM*/);
   if (type == desc_type::kInterruptGate32 || type == desc_type::kInterruptGate16) flags &= ~rflags::IF;
@@ -795,9 +816,11 @@ bool deliver_external_interrupt(Cpu& cpu, uint8_t vector) {
 // ---- helpers ----
 
 uint64_t helper_load_segment(Cpu& cpu, uint64_t seg, uint64_t selector, uint64_t no_shadow, uint64_t) {
-  const bool shadow_before = cpu.state.sys.interrupt_shadow;
-  if (load_data_segment(cpu, static_cast<Seg>(seg), static_cast<uint16_t>(selector)) && no_shadow)
+  const bool shadow_before = cpu.state.sys.interrupt_shadow, mov_ss_shadow_before = cpu.state.sys.mov_ss_shadow;
+  if (load_data_segment(cpu, static_cast<Seg>(seg), static_cast<uint16_t>(selector)) && no_shadow) {
     cpu.state.sys.interrupt_shadow = shadow_before;  // LSS loads SS without the MOV SS shadow
+    cpu.state.sys.mov_ss_shadow = mov_ss_shadow_before;
+  }
   return 0;
 }
 
@@ -822,7 +845,7 @@ uint64_t helper_far_return(Cpu& cpu, uint64_t bits, uint64_t pop_bytes, uint64_t
   if (!read_stack(cpu, 0, bytes, offset) || !read_stack(cpu, bytes, bytes, selector_raw)) return 0;
   const uint16_t selector = static_cast<uint16_t>(selector_raw);
   const unsigned old_bits = stack_bits(s);
-  if (!in_protected_mode(s)) {
+  if (real_style_segments(s)) {
     s.regs[RSP] = merge_sp(s.regs[RSP], s.regs[RSP] + 2 * bytes + pop_bytes, old_bits);
     commit_real_cs(s, selector);
     return offset;
@@ -854,13 +877,42 @@ uint64_t helper_far_return(Cpu& cpu, uint64_t bits, uint64_t pop_bytes, uint64_t
   return offset;
 }
 
+namespace {
+// IRET at CPL 0 (32-bit, legacy protected mode) with VM set in the popped EFLAGS: the
+// frame continues with ESP, SS, ES, DS, FS, GS; every segment gets base = selector << 4,
+// a 64 KiB limit and DPL-3 data attributes; CPL becomes 3. Returns the new IP.
+uint64_t iret_to_vm86(Cpu& cpu, uint64_t eip, uint16_t cs, uint64_t flags) {
+  CpuState& s = cpu.state;
+  uint64_t rest[6] = {};  // ESP, SS, ES, DS, FS, GS
+  for (unsigned i = 0; i < 6; ++i)
+    if (!read_stack(cpu, 12 + 4 * i, 4, rest[i])) return 0;
+  const uint16_t selectors[6] = {static_cast<uint16_t>(rest[2]), cs, static_cast<uint16_t>(rest[1]),
+                                 static_cast<uint16_t>(rest[3]), static_cast<uint16_t>(rest[4]),
+                                 static_cast<uint16_t>(rest[5])};  // in Seg order
+  for (unsigned seg = ES; seg <= GS; ++seg) {
+    s.seg_selector[seg] = selectors[seg];
+    s.seg_base[seg] = uint64_t{selectors[seg]} << 4;
+    s.seg_limit[seg] = 0xffff;
+    s.seg_attrs[seg] = 0xf3;
+  }
+  write_rflags(s, (flags & 0x3f7fd5) | rflags::kFixed);
+  s.regs[RSP] = rest[0] & 0xffffffffu;
+  s.sys.cpl = 3;
+  update_mode(s);
+  return eip & 0xffff;
+}
+}  // namespace
+
 uint64_t helper_iret(Cpu& cpu, uint64_t bits, uint64_t next_offset, uint64_t, uint64_t) {
   CpuState& s = cpu.state;
   constexpr uint64_t kNT = 1u << 14, kRF = 1u << 16, kVM = 1u << 17, kVIF = 1u << 19, kVIP = 1u << 20,
                      kIOPL = 3u << 12;
   const unsigned bytes = static_cast<unsigned>(bits / 8);
   const uint64_t old_flags = read_rflags(s);
-  if (in_protected_mode(s) && (old_flags & kNT)) {
+  const bool from_vm86 = vm86_active(s);
+  // Virtual-8086 mode (no VME): IRET is IOPL-sensitive, then works as in real mode (IOPL kept).
+  if (from_vm86 && (old_flags & kIOPL) != kIOPL) return fail(s, Vector::GP), 0;
+  if (in_protected_mode(s) && !from_vm86 && (old_flags & kNT)) {
     if (long_mode_active(s)) return fail(s, Vector::GP), 0;
     // Return to the task in the back link of the current TSS (which must be a busy TSS).
     uint64_t link = 0;
@@ -882,15 +934,15 @@ uint64_t helper_iret(Cpu& cpu, uint64_t bits, uint64_t next_offset, uint64_t, ui
     return 0;
   const uint16_t selector = static_cast<uint16_t>(selector_raw);
   const unsigned old_bits = stack_bits(s);
-  if (!in_protected_mode(s)) {
+  if (real_style_segments(s)) {
     uint64_t changeable = bits == 16 ? 0xffff : 0x257fd5;  // VM, VIF, VIP keep their values
+    if (from_vm86) changeable &= ~kIOPL;
     write_rflags(s, (old_flags & ~changeable) | (flags & changeable));
     s.regs[RSP] = merge_sp(s.regs[RSP], s.regs[RSP] + 3 * bytes, old_bits);
     commit_real_cs(s, selector);
     return offset;
   }
-  // Returns to virtual-8086 mode are not implemented: #GP(0).
-  if (bits != 16 && (flags & kVM) && s.sys.cpl == 0 && !long_mode_active(s)) return fail(s, Vector::GP), 0;
+  if (bits != 16 && (flags & kVM) && s.sys.cpl == 0 && !long_mode_active(s)) return iret_to_vm86(cpu, offset, selector, flags);
   Descriptor cs;
   if (!check_return_cs(cpu, selector, cs)) return 0;
   const unsigned cpl = s.sys.cpl, rpl = selector & 3u;
@@ -936,17 +988,23 @@ uint64_t helper_software_interrupt(Cpu& cpu, uint64_t vector, uint64_t length, u
     return fail(s, static_cast<Vector>(vector)), 0;
   }
   if (!deliver_event(cpu, static_cast<uint8_t>(vector), static_cast<EventKind>(kind & 0xff), 0, next)) return 0;
+  s.sys.event_delivered = true;
   return s.rip;
 }
 
-uint64_t helper_segment_check(Cpu& cpu, uint64_t linear, uint64_t seg, uint64_t, uint64_t) {
+uint64_t helper_segment_check(Cpu& cpu, uint64_t linear, uint64_t packed, uint64_t, uint64_t) {
   CpuState& s = cpu.state;
+  const unsigned seg = packed & 0xff, access = static_cast<unsigned>(packed >> 24);
+  const uint64_t size = std::max<uint64_t>(1, (packed >> 8) & 0xffff);
   const uint16_t a = s.seg_attrs[seg];
-  const uint64_t offset = (linear - s.seg_base[seg]) & 0xffffffffu;
+  const uint64_t offset = (linear - s.seg_base[seg]) & 0xffffffffu, last = offset + size - 1;
   const uint32_t limit = s.seg_limit[seg];
+  const bool code = a & kCode;
   bool ok = (a & kPresent) && (a & kS);
-  if (ok && !(a & kCode) && (a & kExpandDown)) ok = offset > limit && offset <= ((a & kDefaultBig) ? 0xffffffffu : 0xffffu);
-  else if (ok) ok = offset <= limit;
+  if (ok && !code && (a & kExpandDown)) ok = offset > limit && last <= ((a & kDefaultBig) ? 0xffffffffu : 0xffffu);
+  else if (ok) ok = last <= limit;
+  if (ok && (access & kSegmentWrite)) ok = !code && (a & kWritable);
+  if (ok && (access & kSegmentRead)) ok = !code || (a & kReadable);
   if (!ok) fail(s, seg == SS ? Vector::SS : Vector::GP);
   return 0;
 }
@@ -954,7 +1012,7 @@ uint64_t helper_segment_check(Cpu& cpu, uint64_t linear, uint64_t seg, uint64_t,
 uint64_t helper_check_selector(Cpu& cpu, uint64_t selector_raw, uint64_t which, uint64_t source, uint64_t) {
   CpuState& s = cpu.state;
   // Not recognised in real mode.
-  if (!in_protected_mode(s)) return fail(s, Vector::UD), 0;
+  if (real_style_segments(s)) return fail(s, Vector::UD), 0;
   const uint16_t selector = static_cast<uint16_t>(selector_raw);
   uint64_t flags = read_rflags(s) & ~rflags::ZF;
   if (which == 4) {  // ARPL: raise the destination's RPL to the source's

@@ -458,12 +458,15 @@ TEST(SystemMode, SegmentLimitAndNullSegmentChecks) {
     const char* code;
     unsigned vector;
   };
-  for (Case c : {Case{"mov eax, [0xfffe]", 0},          // inside the 64 KiB limit (may straddle: not checked)
+  for (Case c : {Case{"mov eax, [0xfffc]", 0},          // inside the 64 KiB limit
+                 Case{"mov eax, [0xfffe]", 13},         // its last byte beyond the limit
                  Case{"mov eax, [0x10000]", 13},        // beyond the limit
                  Case{"mov eax, [es:0x1fff0]", 13},     // expand-down, limit 0x1ffff: at or below the limit is invalid
                  Case{"mov eax, [es:0x30000]", 0},      // expand-down: above the limit is valid
                  Case{"xor eax, eax\nmov fs, ax\nmov eax, [fs:0]", 13},  // null FS
-                 Case{"mov esp, 0x10004\npush eax", 12}}) {  // SS limit
+                 Case{"mov esp, 0x10004\npush eax", 12},     // SS limit
+                 Case{"mov esp, 0xfffe\npop eax", 12},       // its last byte beyond the SS limit
+                 Case{"mov esp, 0xfffc\npop eax", 0}}) {
     Machine m;
     m.protected32();
     m.gdt(0x80, segment(0, 0xffff, 0x92, 0x4));    // 32-bit data, 64 KiB limit
@@ -479,6 +482,79 @@ TEST(SystemMode, SegmentLimitAndNullSegmentChecks) {
       EXPECT_EQ(m.get32(esp), 0u) << c.code;
     }
   }
+}
+
+TEST(SystemMode, SegmentChecksUseTheAccessSizeAndType) {
+  REQUIRE_NASM();
+  struct Case {
+    const char* code;
+    unsigned vector;
+  };
+  for (Case c : {Case{"mov ax, 0x60\nmov ds, ax\nmov eax, [0x100]", 0},   // read-only data: reads work
+                 Case{"mov ax, 0x60\nmov ds, ax\nmov [0x100], eax", 13},  // writes do not
+                 Case{"mov ax, 0x60\nmov ds, ax\nadd [0x100], eax", 13},
+                 Case{"mov eax, [cs:0x4000]", 0},                         // readable code
+                 Case{"mov [cs:0x4100], eax", 13},                        // code is never writable
+                 Case{"jmp 0x68:next\nnext: mov eax, [cs:0x4000]", 13},   // execute-only code
+                 Case{"jmp 0x68:next\nnext: mov eax, [0x4000]", 0},
+                 Case{"mov ax, 0x80\nmov ds, ax\nmov word [0xfffe], 1", 0},
+                 Case{"mov ax, 0x80\nmov ds, ax\nmov dword [0xfffe], 1", 13},
+                 Case{"mov ax, 0x80\nmov ds, ax\nmovq mm0, [0xfff9]", 13},  // 8 bytes
+                 Case{"mov ax, 0x80\nmov ds, ax\nfld qword [0xfff9]", 13},  // x87 (a helper access)
+                 Case{"mov ax, 0x60\nmov ds, ax\nfnstcw [0x100]", 13},
+                 Case{"mov ax, 0x60\nmov ds, ax\nfnstcw [cs:0x5000]", 13},
+                 Case{"mov ax, 0x60\nmov ds, ax\nfld dword [0x100]", 0},
+                 Case{"mov ax, 0x88\nmov es, ax\nmov eax, [es:0xfffc]", 0},    // expand-down upper end
+                 Case{"mov ax, 0x88\nmov es, ax\nmov eax, [es:0xfffe]", 13}}) {
+    Machine m;
+    m.protected32();
+    m.gdt(0x80, segment(0, 0xffff, 0x92, 0x4));  // 32-bit data, 64 KiB limit
+    m.gdt(0x88, segment(0, 0x1fff, 0x96, 0x0));  // expand-down data, limit 0x1fff, B = 0 (upper end 0xffff)
+    m.s.sys.gdtr.limit = 0x8f;
+    m.idt32(0, desc_type::kInterruptGate32, 0);
+    m.code(std::string("bits 32\norg 0x4000\n") + c.code + "\nxor edx, edx\ndiv edx\n");  // #DE when no fault came first
+    m.expect_handler(c.vector);
+    if (c.vector != 0) EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), 0u) << c.code;
+  }
+}
+
+TEST(SystemMode, CodeFetchBeyondTheCsLimitIsGeneralProtection) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.gdt(0x80, segment(0, 0x4007, 0x9a, 0x4));  // 32-bit code, limit 0x4007 (byte granular)
+  m.gdt(0x88, segment(0, 0xffff, 0x9a, 0x4));  // the same with limit 0xffff
+  m.s.sys.gdtr.limit = 0x8f;
+  m.code("bits 32\norg 0x4000\ntimes 7 nop\nmov eax, 1\nhlt\n");  // MOV at 0x4007 crosses the limit
+  // Under the larger limit the block runs to HLT (and is cached).
+  m.set_segment(CS, 0x88);
+  update_mode(m.s);
+  EXPECT_TRUE(m.s.mode.cs_limited);
+  ASSERT_EQ(m.run().reason, StopReason::Halt);
+  EXPECT_EQ(m.s.regs[RAX], 1u);
+  // Same base and mode key, smaller limit: the cached block must not run past it.
+  m.s.regs[RAX] = 0;
+  m.s.sys.halted = false;
+  m.set_segment(CS, 0x80);
+  update_mode(m.s);
+  m.s.rip = kCode;
+  m.expect_handler(13);
+  const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
+  EXPECT_EQ(m.get32(esp), 0u);           // error code
+  EXPECT_EQ(m.get32(esp + 4), kCode + 7);  // at the instruction crossing the limit
+  EXPECT_EQ(m.get32(esp + 8), 0x80u);
+  EXPECT_EQ(m.s.regs[RAX], 0u);
+  // Starting beyond the limit faults before paging is consulted.
+  m.s.sys.halted = false;
+  m.set_segment(CS, 0x80);
+  update_mode(m.s);
+  m.s.rip = 0x200000;  // unmapped: #GP, not #PF
+  m.expect_handler(13);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP]) + 4), 0x200000u);
+  // Flat 4 GiB code is not limited.
+  m.set_segment(CS, kCode32);
+  update_mode(m.s);
+  EXPECT_FALSE(m.s.mode.cs_limited);
 }
 
 TEST(SystemMode, StringInstructionsCheckOnlyTheSegmentsTheyUse) {
@@ -1002,6 +1078,291 @@ TEST(SystemMode, InterceptedExceptionsStopTheRunUndelivered) {
   EXPECT_EQ(m.s.rip, kCode + 5);  // a fault: at MOV DS
   m.s.rip += 2;
   m.expect_handler(6);  // #UD is not intercepted: delivered
+}
+
+// ---------------- single step (RFLAGS.TF) ----------------
+
+constexpr uint64_t kDr6Bs = 1u << 14;
+
+// Steps with #DB intercepted: each run stops after one instruction, RIP after it.
+TEST(SingleStep, TrapsAfterEachInstructionWithDr6Bs) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.cpu.set_exception_intercepts(1u << 1);
+  m.code("bits 32\norg 0x4000\nnop\nmov eax, 1\nadd eax, eax\njmp next\nnext: hlt\n");
+  m.s.rflags_other |= rflags::TF;
+  for (uint64_t expected : {kCode + 1, kCode + 6, kCode + 8, kCode + 10}) {
+    m.s.sys.dr[6] = 0xffff0ff0;
+    RunResult r = m.run();
+    ASSERT_EQ(r.reason, StopReason::Exception);
+    EXPECT_EQ(m.s.exception.vector, Vector::DB);
+    EXPECT_EQ(m.s.rip, expected);
+    EXPECT_EQ(r.insns, 1u);
+    EXPECT_TRUE(m.s.sys.dr[6] & kDr6Bs);
+  }
+  EXPECT_EQ(m.s.regs[RAX], 2u);
+  // HLT itself takes no trap.
+  EXPECT_EQ(m.run().reason, StopReason::Halt);
+}
+
+// Delivered through the IDT: the handler gets the next EIP and EFLAGS with TF, runs with TF clear.
+TEST(SingleStep, DeliveredTrapPushesTheNextEipAndClearsTf) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.code("bits 32\norg 0x4000\nmov ebx, 7\nmov ecx, 8\nhlt\n");
+  m.s.rflags_other |= rflags::TF;
+  m.expect_handler(1);
+  const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
+  EXPECT_EQ(m.get32(esp), kCode + 5);
+  EXPECT_TRUE(m.get32(esp + 8) & rflags::TF);
+  EXPECT_FALSE(m.s.rflags_other & rflags::TF);
+  EXPECT_EQ(m.s.regs[RCX], 0u);
+  // IRET restores TF; it started with TF clear, so the next trap follows MOV ECX.
+  m.s.sys.halted = false;
+  m.expect_handler(1);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), kCode + 10);
+  EXPECT_EQ(m.s.regs[RCX], 8u);
+}
+
+// POPF that sets TF traps after the following instruction; one that clears it still traps after itself.
+TEST(SingleStep, PopfSettingTfTrapsAfterTheNextInstruction) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.cpu.set_exception_intercepts(1u << 1);
+  m.code(R"(
+    bits 32
+    org 0x4000
+    pushfd
+    or dword [esp], 0x100
+    popfd          ; 0x4008
+    nop            ; 0x4009
+    pushfd         ; 0x400a
+    and dword [esp], ~0x100
+    popfd          ; 0x4012
+    nop            ; 0x4013
+    hlt
+  )");
+  ASSERT_EQ(m.run().reason, StopReason::Exception);
+  EXPECT_EQ(m.s.rip, kCode + 0xa);  // after the NOP following POPF
+  ASSERT_EQ(m.run().reason, StopReason::Exception);
+  EXPECT_EQ(m.s.rip, kCode + 0xb);
+  ASSERT_EQ(m.run().reason, StopReason::Exception);
+  EXPECT_EQ(m.s.rip, kCode + 0x12);
+  ASSERT_EQ(m.run().reason, StopReason::Exception);  // the POPF clearing TF
+  EXPECT_EQ(m.s.rip, kCode + 0x13);
+  EXPECT_FALSE(m.s.rflags_other & rflags::TF);
+  EXPECT_EQ(m.run().reason, StopReason::Halt);
+}
+
+// INT n clears TF: the handler is not stepped and no trap follows INT n itself.
+TEST(SingleStep, SoftwareInterruptHandlerIsNotStepped) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.cpu.set_exception_intercepts(1u << 1);
+  m.code("bits 32\norg 0x4000\nint 0x30\nnop\nhlt\n");
+  m.s.rflags_other |= rflags::TF;
+  m.expect_handler(0x30);  // HLT in the handler, no #DB on the way
+  EXPECT_FALSE(m.s.rflags_other & rflags::TF);
+  RunResult r = m.resume();  // IRET (TF back on, no trap after it), then NOP traps
+  ASSERT_EQ(r.reason, StopReason::Exception);
+  EXPECT_EQ(m.s.exception.vector, Vector::DB);
+  EXPECT_EQ(m.s.rip, kCode + 3);
+}
+
+// Faults are delivered instead of the trap; the handler is not stepped.
+TEST(SingleStep, FaultingInstructionTakesTheFaultNotTheTrap) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.code("bits 32\norg 0x4000\nud2\n");
+  m.s.rflags_other |= rflags::TF;
+  m.expect_handler(6);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), kCode);
+  EXPECT_FALSE(m.s.rflags_other & rflags::TF);
+}
+
+// MOV SS / POP SS suppress the trap after them: the next one follows the instruction after.
+TEST(SingleStep, MovSsAndPopSsDelayTheTrap) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.cpu.set_exception_intercepts(1u << 1);
+  m.code(R"(
+    bits 32
+    org 0x4000
+    mov ax, 0x10   ; 0x4000
+    mov ss, ax     ; 0x4004
+    nop            ; 0x4006
+    push ss        ; 0x4007
+    pop ss         ; 0x4008
+    nop            ; 0x4009
+    sti            ; 0x400a (STI does not suppress the trap)
+    hlt
+  )");
+  m.s.rflags_other |= rflags::TF;
+  for (uint64_t expected : {kCode + 4, kCode + 7, kCode + 8, kCode + 0xa, kCode + 0xb}) {
+    ASSERT_EQ(m.run().reason, StopReason::Exception);
+    EXPECT_EQ(m.s.rip, expected);
+  }
+}
+
+TEST(SingleStep, LongModeAndRealMode) {
+  REQUIRE_NASM();
+  {
+    Machine m;
+    m.long64();
+    m.cpu.set_exception_intercepts(1u << 1);
+    m.code("bits 64\norg 0x4000\nmov rax, 0x123456789\npush rax\npop rbx\nhlt\n");
+    m.s.rflags_other |= rflags::TF;
+    for (uint64_t expected : {kCode + 10, kCode + 11, kCode + 12}) {
+      ASSERT_EQ(m.run().reason, StopReason::Exception);
+      EXPECT_EQ(m.s.rip, expected);
+    }
+    EXPECT_EQ(m.s.regs[RBX], 0x123456789u);
+  }
+  {
+    Machine m;  // real mode: delivered through the IVT
+    m.put32(4 * 1, 0x0000'8010);  // #DB at 0:8010 (handler(1)): hlt; iret
+    m.code("bits 16\norg 0x4000\ninc ax\ninc ax\n");
+    m.s.rflags_other |= rflags::TF;
+    m.expect_handler(1);
+    EXPECT_EQ(m.get16(static_cast<uint16_t>(m.s.regs[RSP])), kCode + 1);
+    EXPECT_EQ(m.s.regs[RAX] & 0xffff, 1u);
+  }
+}
+
+TEST(SingleStep, UserModeIgnoresTf) {
+  REQUIRE_NASM();
+  Machine m;
+  m.s.mode.system = false;
+  m.s.mode.code = CodeSize::Bits64;
+  m.code("bits 64\norg 0x4000\nnop\nnop\nhlt\n");
+  m.s.rflags_other |= rflags::TF;
+  EXPECT_EQ(m.run().reason, StopReason::Halt);
+}
+
+// ---------------- virtual-8086 mode ----------------
+
+constexpr uint64_t kVm = 1u << 17, kIopl3 = 3u << 12;
+constexpr uint64_t kVm86Code = 0x5000;  // CS 0x0500, IP 0
+
+// Places 16-bit `source` at linear 0x5000 and a 32-bit IRETD at kCode whose frame enters
+// virtual-8086 mode at 0500:0000 with SS:SP 0C00:0800, ES 0700, DS 0600, FS 0710, GS 0720.
+void enter_vm86(Machine& m, const std::string& source, uint32_t eflags) {
+  m.code("bits 16\n" + source, kVm86Code);
+  const uint32_t frame[9] = {0, 0x500, eflags | 2, 0x800, 0xc00, 0x700, 0x600, 0x710, 0x720};
+  const uint32_t sp = kStack0 - 64;
+  for (unsigned i = 0; i < 9; ++i) m.put32(sp + 4 * i, frame[i]);
+  m.s.regs[RSP] = sp;
+  m.code("bits 32\norg 0x4000\niretd\n");
+  m.cpu.flush_translations();  // the test rewrote code behind the emulator's back
+}
+
+TEST(Vm86, IretEntersAndFaultsComeBackWithTheExtendedFrame) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  enter_vm86(m, R"(
+    mov ax, 0x1234
+    mov [0x10], ax      ; DS 0600: linear 0x6010
+    mov bx, 0x0680
+    mov es, bx
+    mov [es:0x20], ax   ; linear 0x6820
+    push ax
+    pop cx
+    mov dx, cs
+    cli                 ; IOPL 0: #GP(0)
+  )", kVm);
+  m.expect_handler(13);
+  EXPECT_EQ(m.get16(0x6010), 0x1234u);
+  EXPECT_EQ(m.get16(0x6820), 0x1234u);
+  EXPECT_EQ(m.s.regs[RCX] & 0xffff, 0x1234u);
+  EXPECT_EQ(m.s.regs[RDX] & 0xffff, 0x500u);
+  EXPECT_EQ(m.s.sys.cpl, 0u);
+  EXPECT_FALSE(m.s.rflags_other & kVm);
+  EXPECT_FALSE(m.s.mode.vm86);
+  EXPECT_EQ(m.s.mode.code, CodeSize::Bits32);
+  for (Seg seg : {ES, DS, FS, GS}) EXPECT_EQ(m.s.seg_selector[seg], 0u);
+  const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
+  EXPECT_EQ(esp, kStack0 - 40);  // TSS ESP0, nine dwords and the error code
+  const uint32_t expected[10] = {0, 0x13, 0x500, 0, 0x800, 0xc00, 0x680, 0x600, 0x710, 0x720};
+  for (unsigned i = 0; i < 10; ++i)
+    if (i != 3) EXPECT_EQ(m.get32(esp + 4 * i), expected[i]) << "frame slot " << i;
+  EXPECT_TRUE(m.get32(esp + 12) & kVm);
+}
+
+TEST(Vm86, IoplSensitiveInstructionsFaultBelowIopl3) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.idt32(3, desc_type::kTrapGate32, 3);
+  m.cpu.set_exception_intercepts(1u << 13);
+  enter_vm86(m, "pushf\npopf\nint 0x30\niret\nsti\ncli\nhlt\nlar ax, bx\nint3\n", kVm);
+  // Each raises #GP(0) at itself; step over it by hand (the intercept keeps virtual-8086 mode).
+  for (unsigned length : {1, 1, 2, 1, 1, 1, 1}) {
+    const uint64_t ip = m.s.rip;
+    ASSERT_EQ(m.run().reason, StopReason::Exception) << "ip " << ip;
+    EXPECT_EQ(m.s.exception.vector, Vector::GP);
+    EXPECT_EQ(m.s.exception.error_code, 0u);
+    EXPECT_TRUE(m.s.rflags_other & kVm);
+    m.s.rip += length;
+  }
+  m.cpu.set_exception_intercepts(0);
+  // LAR: #UD; INT3 is not IOPL-sensitive: through the DPL-3 gate to ring 0.
+  m.expect_handler(6);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), 8u);  // a fault: at LAR
+  m.s.sys.halted = false;
+  enter_vm86(m, "int3\n", kVm);  // again from ring 0
+  m.expect_handler(3);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), 1u);  // a trap: after INT3
+}
+
+TEST(Vm86, Iopl3RunsInterruptsThroughTheIdtAndBack) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  m.idt32(0x30, desc_type::kInterruptGate32, 3);
+  m.idt32(0x31, desc_type::kInterruptGate32, 3);
+  enter_vm86(m, R"(
+    mov ax, 7
+    int 0x30
+    pushf
+    cli
+    pop bx
+    sti
+    push 0x0202
+    popf
+    mov cx, 0x0500
+    push cx
+    push word after
+    retf                ; real-style far return
+after:
+    int 0x31
+  )", kVm | kIopl3);
+  m.expect_handler(0x30);
+  const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
+  EXPECT_EQ(m.get32(esp), 5u);  // after INT 0x30
+  EXPECT_EQ(m.get32(esp + 4), 0x500u);
+  EXPECT_EQ(m.get32(esp + 8) & (kVm | kIopl3), kVm | kIopl3);
+  EXPECT_EQ(m.get32(esp + 24), 0x600u);  // DS
+  m.s.sys.halted = false;
+  m.expect_handler(0x31);  // IRETD back to virtual-8086 mode, the rest ran there
+  EXPECT_EQ(m.s.regs[RAX] & 0xffff, 7u);
+  EXPECT_EQ(m.s.regs[RBX] & (kVm | kIopl3 | rflags::IF), kIopl3);  // PUSHF: VM reads as 0
+  EXPECT_TRUE(m.get32(static_cast<uint32_t>(m.s.regs[RSP]) + 8) & rflags::IF);
+  EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP]) + 4), 0x500u);
+}
+
+TEST(Vm86, SegmentLimitIs64KiB) {
+  REQUIRE_NASM();
+  Machine m;
+  m.protected32();
+  enter_vm86(m, "mov ax, [0xffff]\n", kVm);
+  m.expect_handler(13);
 }
 
 TEST(SystemMode, HltAtRing3IsGeneralProtection) {

@@ -306,6 +306,10 @@ class Cpu {
   // System mode, at a TB boundary: takes a deliverable external interrupt; returns
   // true with `reason` set when run() must return (halted, triple fault, exit request).
   bool system_boundary(StopReason& reason);
+  // System mode, after an instruction that started with RFLAGS.TF set and completed: true
+  // with the #DB trap pending (DR6.BS set) unless MOV SS, an event delivery or HLT suppress it.
+  bool single_step_trap();
+  static constexpr uint64_t kDr6SingleStep = 1u << 14;
 
   Memory& memory_;
   IoBus* io_ = nullptr;

@@ -36,9 +36,16 @@ struct CpuMode {
   // System mode, protected mode outside 64-bit code: bit i set when segment i (Seg) is not
   // a usable flat 4 GiB segment, so its accesses are limit-checked.
   uint8_t checked_segments = 0;
+  // System mode: virtual-8086 mode (CR0.PE and RFLAGS.VM), where PUSHF is IOPL-sensitive.
+  bool vm86 = false;
+  // System mode, protected mode outside 64-bit code: the CS limit is below 4 GiB, so code
+  // fetch is limit-checked (#GP(0)) and cached blocks are validated against it.
+  bool cs_limited = false;
   uint32_t key() const {
     return static_cast<uint32_t>(code) | (flat ? 4u : 0u) | (system ? 8u : 0u) |
-           (system ? (stack_bits == 16 ? 16u : stack_bits == 32 ? 32u : 0u) | uint32_t{checked_segments} << 6 : 0u) |
+           (system ? (stack_bits == 16 ? 16u : stack_bits == 32 ? 32u : 0u) | uint32_t{checked_segments} << 6 |
+                         (vm86 ? 1u << 14 : 0u) | (cs_limited ? 1u << 15 : 0u)
+                   : 0u) |
            (uint32_t{fpu} << 16);
   }
 };
@@ -147,6 +154,11 @@ struct SystemState {
   uint64_t mtrr_def_type = 0, mtrr_fixed[11] = {}, mtrr_var[16] = {};
   // Interrupts are inhibited for one instruction after STI, MOV SS and POP SS.
   bool interrupt_shadow = false;
+  // Single step (RFLAGS.TF, see Cpu::run): MOV SS / POP SS also suppress the #DB trap after
+  // them (STI does not); an instruction that delivered an event itself (INT n, INT3, INTO,
+  // INT1) takes no trap, its handler runs with TF clear.
+  bool mov_ss_shadow = false;
+  bool event_delivered = false;
   // HLT executed: the CPU waits for an interrupt (Cpu::run returns StopReason::Halt until one arrives).
   bool halted = false;
 };

@@ -50,6 +50,7 @@ enum class SystemOp : uint64_t {
   Popf,         // b = popped value, c = operand bits
   Stac,
   Clac,
+  Vm86Pushf,    // #GP(0) in virtual-8086 mode unless IOPL is 3 (translated only there)
 };
 
 uint64_t helper_system(Cpu& cpu, uint64_t op, uint64_t b, uint64_t c, uint64_t d);

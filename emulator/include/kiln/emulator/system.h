@@ -129,8 +129,11 @@ uint64_t helper_software_interrupt(Cpu& cpu, uint64_t vector, uint64_t length, u
 // adjusted selector (ARPL). #UD in real mode.
 uint64_t helper_check_selector(Cpu& cpu, uint64_t selector, uint64_t which, uint64_t source, uint64_t);
 // Data access through a segment listed in CpuMode::checked_segments: a = linear address
-// of the first byte, b = Seg. #GP(0) (#SS(0) for SS) for an unusable segment or an offset
-// outside the limit (expand-down aware). The access size and read/write type are not checked.
+// of the first byte, b = Seg | size in bytes << 8 (0: 1) | access << 24 (kSegmentRead,
+// kSegmentWrite; 0: unknown). #GP(0) (#SS(0) for SS) for an unusable segment, a byte of
+// the access outside the limit (expand-down aware), a write to a read-only data or a code
+// segment, a read from an execute-only code segment.
+constexpr unsigned kSegmentRead = 1, kSegmentWrite = 2;
 uint64_t helper_segment_check(Cpu& cpu, uint64_t linear, uint64_t seg, uint64_t, uint64_t);
 
 }  // namespace kiln::emu
