@@ -514,7 +514,9 @@ TEST(SystemMode, SegmentChecksUseTheAccessSizeAndType) {
     m.idt32(0, desc_type::kInterruptGate32, 0);
     m.code(std::string("bits 32\norg 0x4000\n") + c.code + "\nxor edx, edx\ndiv edx\n");  // #DE when no fault came first
     m.expect_handler(c.vector);
-    if (c.vector != 0) EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), 0u) << c.code;
+    if (c.vector != 0) {
+      EXPECT_EQ(m.get32(static_cast<uint32_t>(m.s.regs[RSP])), 0u) << c.code;
+    }
   }
 }
 
@@ -1290,8 +1292,11 @@ TEST(Vm86, IretEntersAndFaultsComeBackWithTheExtendedFrame) {
   const uint32_t esp = static_cast<uint32_t>(m.s.regs[RSP]);
   EXPECT_EQ(esp, kStack0 - 40);  // TSS ESP0, nine dwords and the error code
   const uint32_t expected[10] = {0, 0x13, 0x500, 0, 0x800, 0xc00, 0x680, 0x600, 0x710, 0x720};
-  for (unsigned i = 0; i < 10; ++i)
-    if (i != 3) EXPECT_EQ(m.get32(esp + 4 * i), expected[i]) << "frame slot " << i;
+  for (unsigned i = 0; i < 10; ++i) {
+    if (i != 3) {
+      EXPECT_EQ(m.get32(esp + 4 * i), expected[i]) << "frame slot " << i;
+    }
+  }
   EXPECT_TRUE(m.get32(esp + 12) & kVm);
 }
 
