@@ -37,15 +37,7 @@ IDT_VECTORS  equ 0x40              ; vectors >= 0x40 lie beyond the IDT limit
 %endmacro
 
 test_main:
-    lgdt [gdt_pointer]
-    jmp SEL_CODE32:.reload
-.reload:
-    mov ax, SEL_DATA32
-    mov ds, ax
-    mov es, ax
-    mov fs, ax
-    mov gs, ax
-    mov ss, ax
+    LOAD_GDT gdt_pointer, SEL_CODE32, SEL_DATA32
     mov dword [last_vector], 0xff
     mov dword [last_error], NO_ERROR
     call build_idt32

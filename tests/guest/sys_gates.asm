@@ -13,15 +13,7 @@ SEL_GATE     equ 0x33              ; call gate, DPL 3, RPL 3
 SEL_TSS_B    equ 0x38
 
 test_main:
-    lgdt [gdt_pointer]
-    jmp SEL_CODE32:.reload
-.reload:
-    mov ax, SEL_DATA32
-    mov ds, ax
-    mov es, ax
-    mov fs, ax
-    mov gs, ax
-    mov ss, ax
+    LOAD_GDT gdt_pointer, SEL_CODE32, SEL_DATA32
     ; Patch descriptor bases (TSS, second TSS) and the call gate's offset.
     mov eax, tss
     mov [gdt + SEL_TSS + 2], ax

@@ -18,15 +18,7 @@ SEL_CODE64   equ 0x28
 %define LOW(x) ((x) - low_start)
 
 test_main:
-    lgdt [gdt_pointer]
-    jmp SEL_CODE32:.reload
-.reload:
-    mov ax, SEL_DATA32
-    mov ds, ax
-    mov es, ax
-    mov fs, ax
-    mov gs, ax
-    mov ss, ax
+    LOAD_GDT gdt_pointer, SEL_CODE32, SEL_DATA32
     ; 32-bit protected mode.
     mov ecx, esp
     push byte 0

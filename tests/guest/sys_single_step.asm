@@ -32,15 +32,7 @@ MAX_LOG      equ 16
 %endmacro
 
 test_main:
-    lgdt [gdt_pointer]
-    jmp SEL_CODE32:.reload
-.reload:
-    mov ax, SEL_DATA32
-    mov ds, ax
-    mov es, ax
-    mov fs, ax
-    mov gs, ax
-    mov ss, ax
+    LOAD_GDT gdt_pointer, SEL_CODE32, SEL_DATA32
     ; IDT: #DB (1) and 0x40 through 32-bit interrupt gates.
     mov eax, db_handler32
     mov edi, idt32 + 1 * 8

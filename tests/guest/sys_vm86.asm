@@ -20,15 +20,7 @@ FRAME        equ 20                ; EIP's offset in the #GP frame below the mon
 %define V(x) ((x) - vm_start)
 
 test_main:
-    lgdt [gdt_pointer]
-    jmp SEL_CODE32:.reload
-.reload:
-    mov ax, SEL_DATA32
-    mov ds, ax
-    mov es, ax
-    mov fs, ax
-    mov gs, ax
-    mov ss, ax
+    LOAD_GDT gdt_pointer, SEL_CODE32, SEL_DATA32
     ; TSS descriptor (base is a label: built at run time), then LTR.
     mov eax, tss
     mov [gdt + SEL_TSS + 2], ax
