@@ -60,18 +60,7 @@ back_in_pm32:
     mov dword [page_directory + 8], 0x200083
     mov dword [page_directory + 16], 0x400083
     mov dword [page_directory + 24], 0x600083
-    mov eax, cr4
-    or eax, 1 << 5                     ; PAE
-    mov cr4, eax
-    mov eax, pml4
-    mov cr3, eax
-    mov ecx, 0xc0000080
-    rdmsr
-    or eax, 1 << 8                     ; LME
-    wrmsr
-    mov eax, cr0
-    or eax, 1 << 31
-    mov cr0, eax
+    ENABLE_LONG_MODE pml4
     jmp SEL_CODE64:long64
 
 bits 64

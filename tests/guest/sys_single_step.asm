@@ -73,18 +73,7 @@ pm_steps:
     mov dword [pdpt], page_directory + 3
     mov dword [page_directory + 0], 0x000083
     mov dword [page_directory + 8], 0x200083
-    mov eax, cr4
-    or eax, 1 << 5                     ; PAE
-    mov cr4, eax
-    mov eax, pml4
-    mov cr3, eax
-    mov ecx, 0xc0000080
-    rdmsr
-    or eax, 1 << 8                     ; LME
-    wrmsr
-    mov eax, cr0
-    or eax, 1 << 31
-    mov cr0, eax
+    ENABLE_LONG_MODE pml4
     jmp SEL_CODE64:long64
 
 bits 64
