@@ -452,7 +452,7 @@ TranslatedBlock* Cpu::get_block(uint64_t pc, bool single_insn) {
   // System mode fetches at CS base + RIP (the base is 0 in 64-bit mode, linear addresses wrap
   // at 4 GiB outside it); user mode keeps fetching at RIP.
   const bool system = state.mode.system, bits64 = state.mode.code == CodeSize::Bits64;
-  const uint64_t cs_base = system && !bits64 ? state.seg_base[CS] : 0;
+  const uint64_t cs_base = fetch_cs_base();
   const bool wrap32 = system && !bits64;
   const uint64_t linear = wrap32 ? (pc + cs_base) & 0xffffffff : pc + cs_base;
   const Privilege privilege = data_privilege();
@@ -530,7 +530,7 @@ TranslatedBlock* Cpu::next_block() {
   check_tlb_privilege();
   const bool single = std::exchange(single_insn_next_, false);
   const uint32_t mode = state.mode.key();
-  const uint64_t cs_base = state.mode.system && state.mode.code != CodeSize::Bits64 ? state.seg_base[CS] : 0;
+  const uint64_t cs_base = fetch_cs_base();
   const uint64_t generation = cache_.chain_generation();
   // Blocks under a CS limit below 4 GiB are validated against it in get_block: no chaining.
   if (from != nullptr && !single && !state.mode.cs_limited) {

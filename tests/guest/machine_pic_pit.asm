@@ -160,15 +160,6 @@ test_main:
     CHECK_EQ eax, 0x21, "out2 high after count"
     ret
 
-; EDI = gate descriptor, EAX = handler: 32-bit interrupt gate, selector 0x08.
-set_gate:
-    mov word [edi], ax
-    mov word [edi + 2], 0x08
-    mov word [edi + 4], 0x8e00
-    shr eax, 16
-    mov word [edi + 6], ax
-    ret
-
 timer_interrupt:
     push eax
     inc dword [ticks]

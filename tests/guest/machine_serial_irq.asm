@@ -86,15 +86,6 @@ test_main:
     CHECK_EQ eax, 0x04, "iir in handler"
     ret
 
-; EDI = gate descriptor, EAX = handler: 32-bit interrupt gate, selector 0x08.
-set_gate:
-    mov word [edi], ax
-    mov word [edi + 2], 0x08
-    mov word [edi + 4], 0x8e00
-    shr eax, 16
-    mov word [edi + 6], ax
-    ret
-
 com1_interrupt:
     push eax
     push edx

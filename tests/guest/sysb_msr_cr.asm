@@ -290,15 +290,6 @@ setup_descriptors:
     lidt [idt_pointer]
     ret
 
-; EAX = handler, EDI = gate: 32-bit interrupt gate, CS 0x08, DPL 0.
-set_gate:
-    mov [edi], ax
-    mov word [edi + 2], 0x08
-    mov word [edi + 4], 0x8e00
-    shr eax, 16
-    mov [edi + 6], ax
-    ret
-
 isr_ud:
     mov dword [last_vector], 6
     jmp resume

@@ -298,6 +298,10 @@ class Cpu {
   // state.exception and CR2 are set); after a block, whether it stopped for an
   // SMC restart (then just loop); CR2 for a #PF leaving a block.
   TranslatedBlock* next_block();
+  // The CS base code is fetched with: 0 in 64-bit code and in user mode.
+  uint64_t fetch_cs_base() const {
+    return state.mode.system && state.mode.code != CodeSize::Bits64 ? state.seg_base[CS] : 0;
+  }
   // The block that just completed normally: next_block() may follow its links.
   void chained_from(TranslatedBlock* tb);
   bool restart_after_smc(const ExecResult& r);
