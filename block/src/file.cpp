@@ -139,6 +139,7 @@ class FileNode final : public Node {
   void write_zeroes(uint64_t offset, uint64_t length, ZeroFlags flags) override {
     check_writable();
     if (length == 0) return;
+    ForgetDataRunAfter forget{*this};
     const bool inside = offset + length <= size();
     if (flags.may_unmap && inside && !is_block_device_ &&
         fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset), static_cast<off_t>(length)) == 0) {
@@ -158,6 +159,7 @@ class FileNode final : public Node {
   void discard(uint64_t offset, uint64_t length) override {
     check_writable();
     if (length == 0) return;
+    ForgetDataRunAfter forget{*this};
     if (is_block_device_) {
       uint64_t range[2] = {offset, length};
       ioctl(fd_.get(), BLKDISCARD, range);  // advisory: failure is not an error
@@ -173,6 +175,7 @@ class FileNode final : public Node {
 
   void truncate(uint64_t new_size, Preallocation prealloc, bool allow_shrink) override {
     check_writable();
+    ForgetDataRunAfter forget{*this};
     const uint64_t old_size = size();
     if (new_size < old_size && !allow_shrink) {
       throw Error(EINVAL, fmt::format("Could not resize '{}': shrinking needs --shrink", filename_));
@@ -209,6 +212,12 @@ class FileNode final : public Node {
       status.length = length;
       return status;
     }
+    if (const uint64_t run_end = known_data_end(offset); run_end > offset) {
+      status.flags |= kStatusData;
+      status.length = std::min(run_end, end) - offset;
+      return status;
+    }
+    const uint64_t generation = data_run_generation();
     off_t data = lseek(fd_.get(), static_cast<off_t>(offset), SEEK_DATA);
     if (data == -1) {
       if (errno == ENXIO) {  // no data after offset: a hole to the end
@@ -228,9 +237,17 @@ class FileNode final : public Node {
     }
     off_t hole = lseek(fd_.get(), static_cast<off_t>(offset), SEEK_HOLE);
     uint64_t data_end = hole == -1 ? end : std::min<uint64_t>(static_cast<uint64_t>(hole), end);
+    if (hole != -1) remember_data_run(generation, offset, static_cast<uint64_t>(hole));
     status.flags |= kStatusData;
     status.length = data_end > offset ? data_end - offset : length;
     return status;
+  }
+
+  std::optional<HostExtent> host_extent(uint64_t offset, uint64_t length) override {
+    // O_DIRECT files cannot be spliced at arbitrary offsets.
+    const uint64_t size = size_.load(std::memory_order_relaxed);
+    if (direct_ || offset >= size || length == 0) return std::nullopt;
+    return HostExtent{.fd = fd_.get(), .offset = offset, .length = std::min(length, size - offset)};
   }
 
   void lock(const LockPermissions& permissions) override {
@@ -244,6 +261,35 @@ class FileNode final : public Node {
   }
 
  private:
+  // The last data run SEEK_DATA/SEEK_HOLE found. Writes never turn data into
+  // a hole, so it stays true until a zeroing, discard or truncation through
+  // this node, which forget it (changes by other processes are not seen, as
+  // with any status answer). Readers walking a data region, such as NBD
+  // reads and conversions, save two lseek calls per query.
+  struct ForgetDataRunAfter {
+    FileNode& node;
+    ~ForgetDataRunAfter() {
+      std::lock_guard lock(node.data_run_mutex_);
+      ++node.data_run_generation_;
+      node.data_run_begin_ = node.data_run_end_ = 0;
+    }
+  };
+  uint64_t known_data_end(uint64_t offset) {
+    std::lock_guard lock(data_run_mutex_);
+    return offset >= data_run_begin_ && offset < data_run_end_ ? data_run_end_ : 0;
+  }
+  uint64_t data_run_generation() {
+    std::lock_guard lock(data_run_mutex_);
+    return data_run_generation_;
+  }
+  // Only if nothing was forgotten since `generation`, read before the lseek calls.
+  void remember_data_run(uint64_t generation, uint64_t begin, uint64_t end) {
+    std::lock_guard lock(data_run_mutex_);
+    if (generation != data_run_generation_) return;
+    data_run_begin_ = begin;
+    data_run_end_ = end;
+  }
+
   void check_writable() const {
     if (options_.read_only) throw Error(EACCES, fmt::format("'{}' is opened read-only", filename_));
   }
@@ -328,6 +374,10 @@ class FileNode final : public Node {
   bool direct_ = false;
   uint32_t alignment_ = 1;
   RangeLocks range_locks_;
+  std::mutex data_run_mutex_;
+  uint64_t data_run_generation_ = 0;
+  uint64_t data_run_begin_ = 0;
+  uint64_t data_run_end_ = 0;
 };
 
 std::unique_ptr<Node> open_file(const std::string& filename, const ProtocolOptions& options) {

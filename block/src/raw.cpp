@@ -56,6 +56,10 @@ class RawNode final : public Node {
     return status;
   }
 
+  std::optional<HostExtent> host_extent(uint64_t offset, uint64_t length) override {
+    return file_->host_extent(offset_ + offset, length);
+  }
+
  private:
   // Refuses a write into the probe window whose result would probe as non-raw.
   void check_probe_safe(uint64_t offset, std::span<const std::byte> data) {

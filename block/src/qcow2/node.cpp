@@ -1598,6 +1598,23 @@ BlockStatus Qcow2Node::block_status(uint64_t offset, uint64_t length) {
   return status;
 }
 
+// Only while read-only: a writable image may free a cluster and reuse it for
+// other guest data while a caller still reads the old mapping.
+std::optional<HostExtent> Qcow2Node::host_extent(uint64_t offset, uint64_t length) {
+  if (!read_only_ || encrypted_) return std::nullopt;
+  std::shared_lock drain(drain_);
+  Mapping m;
+  {
+    std::lock_guard lock(meta_);
+    m = lookup(offset, length);
+  }
+  if (m.kind == Kind::Normal) return data_->host_extent(m.host, m.bytes);
+  if (m.kind == Kind::Unallocated && backing_ && offset < backing_->size()) {
+    return backing_->host_extent(offset, std::min(m.bytes, backing_->size() - offset));
+  }
+  return std::nullopt;
+}
+
 // ---------------------------------------------------------------- resize, backing
 
 void Qcow2Node::truncate(uint64_t new_size, Preallocation prealloc, bool allow_shrink) {

@@ -116,6 +116,7 @@ class Qcow2Node final : public Node {
   void flush() override;
   void truncate(uint64_t new_size, Preallocation prealloc, bool allow_shrink) override;
   BlockStatus block_status(uint64_t offset, uint64_t length) override;
+  std::optional<HostExtent> host_extent(uint64_t offset, uint64_t length) override;
 
   CheckResult check(CheckRepair repair) override;
   bool supports_compressed_writes() const override { return true; }

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -267,6 +268,49 @@ TEST_F(RawTest, LockBytesFollowQemuLayout) {
   ASSERT_EQ(fcntl(fd, F_OFD_GETLK, &free_byte), 0);
   EXPECT_EQ(free_byte.l_type, F_UNLCK);
   ::close(fd);
+}
+
+TEST_F(RawTest, HostExtentPointsIntoTheFileAndStopsAtItsEnd) {
+  std::string file = create_raw("h.raw", 1 << 20);
+  {
+    auto image = Image::open(file, {.format = "raw"});
+    image->write(4096, pattern(8192, 5));
+  }
+  KeyValueList options;
+  options.emplace_back("offset", "4096");
+  auto image = Image::open(file, {.format = "raw", .read_only = true, .driver_options = options});
+  std::optional<HostExtent> extent = image->top().host_extent(100, 5000);
+  ASSERT_TRUE(extent.has_value());
+  EXPECT_EQ(extent->offset, 4196u);
+  EXPECT_EQ(extent->length, 5000u);
+  // The bytes there are the image's bytes.
+  std::vector<std::byte> via_fd(5000), via_image(5000);
+  ASSERT_EQ(pread(extent->fd, via_fd.data(), via_fd.size(), static_cast<off_t>(extent->offset)), 5000);
+  image->read(100, via_image);
+  EXPECT_EQ(via_fd, via_image);
+  // Clipped at the end of the file; nothing past it.
+  extent = image->top().host_extent((1 << 20) - 4096 - 10, 100);
+  ASSERT_TRUE(extent.has_value());
+  EXPECT_EQ(extent->length, 10u);
+  EXPECT_FALSE(image->top().host_extent((1 << 20) - 4096, 100).has_value());
+}
+
+TEST_F(RawTest, BlockStatusSeesAHolePunchedInsideAKnownDataRun) {
+  std::string file = create_raw("run.raw", 4 << 20);
+  auto image = Image::open(file, {.format = "raw"});
+  image->write(0, pattern(4 << 20, 9));
+  BlockStatus status = image->top().block_status(0, 4 << 20);
+  ASSERT_TRUE(status.flags & kStatusData);
+  ASSERT_EQ(status.length, 4u << 20);  // the run [0, 4 MiB) is now known
+  image->discard(1 << 20, 1 << 20);
+  status = image->top().block_status(1 << 20, 1 << 20);
+  EXPECT_FALSE(status.flags & kStatusData) << "a remembered data run survived the discard";
+  image->write(1 << 20, pattern(65536, 1));
+  status = image->top().block_status(2 << 20, 65536);
+  EXPECT_TRUE(status.flags & kStatusData);
+  image->write_zeroes(2 << 20, 1 << 20, {.may_unmap = true});
+  status = image->top().block_status((2 << 20) + 4096, 4096);
+  EXPECT_FALSE(status.flags & kStatusData) << "a remembered data run survived the zeroing";
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 // qcow2 features: compressed clusters, internal snapshots, check/repair,
 // amend, images made by qemu, malformed images.
+#include <unistd.h>
+
 #include <fstream>
 
 #include "helpers.h"
@@ -298,6 +300,43 @@ TEST(Qcow2Amend, RefcountBits) {
   EXPECT_EQ(nlohmann::json::parse(r.output)["format-specific"]["data"]["refcount-bits"], 1);
   expect_qemu_reads(file, 7 << 20, 4096, 0xf2);
   expect_qemu_reads(file, 6 << 20, 8192, 7);
+}
+
+// Zero-copy readers (kiln-nbd) get the host file range of plain data
+// clusters, through the backing chain, and only while the image is read-only.
+TEST(Qcow2HostExtent, PlainClustersMapToTheirHostBytesOnlyWhileReadOnly) {
+  TempDir dir;
+  const std::string base = dir.file("base.qcow2");
+  const std::string top = dir.file("top.qcow2");
+  ASSERT_EQ(run("qemu-img create -q -f qcow2 '" + base + "' 4M").status, 0);
+  qemu_io(base, "write -P 0xaa 2M 1M");
+  create_qcow2(top, 4 << 20, "backing_file=base.qcow2,backing_fmt=qcow2");
+  {
+    auto image = open_image(top);
+    image->write(0, pattern(196608, 1));  // three clusters, allocated in order
+    image->write_compressed(262144, pattern(65536, 2));
+    image->write_zeroes(327680, 65536, {});
+    EXPECT_FALSE(image->top().host_extent(0, 65536).has_value()) << "writable images must not share their mapping";
+  }
+  auto image = open_image(top, true);
+  Node& node = image->top();
+  auto bytes_at = [](const HostExtent& extent) {
+    std::vector<std::byte> data(extent.length);
+    EXPECT_EQ(pread(extent.fd, data.data(), data.size(), static_cast<off_t>(extent.offset)), static_cast<ssize_t>(data.size()));
+    return data;
+  };
+  std::optional<HostExtent> extent = node.host_extent(1000, 196608 - 1000);
+  ASSERT_TRUE(extent.has_value());
+  EXPECT_EQ(extent->offset, image->block_status(1000, 1).host_offset);
+  EXPECT_EQ(extent->length, 196608u - 1000);  // contiguous clusters form one range
+  EXPECT_EQ(bytes_at(*extent), pattern(196608 - 1000, 1));
+  EXPECT_FALSE(node.host_extent(262144, 65536).has_value()) << "compressed";
+  EXPECT_FALSE(node.host_extent(327680, 65536).has_value()) << "zero cluster";
+  // Unallocated here: the backing file's bytes, where it has them.
+  extent = node.host_extent((2 << 20) + 512, 4096);
+  ASSERT_TRUE(extent.has_value());
+  EXPECT_EQ(bytes_at(*extent), pattern(4096, 0xaa));
+  EXPECT_FALSE(node.host_extent(3 << 20, 4096).has_value()) << "unallocated in the whole chain";
 }
 
 TEST(Qcow2Extended, SubclustersWithBackingAgreeWithQemu) {

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -49,6 +50,17 @@ class Node {
 
   // Status of a prefix of [offset, offset+length): never zero-length for a range inside the image.
   virtual BlockStatus block_status(uint64_t offset, uint64_t length) = 0;
+
+  // For zero-copy reads (splice/sendfile): where the bytes at `offset` lie
+  // verbatim in an open host file, and how many of them (at most `length`)
+  // continue contiguously there. nullopt when they do not (holes, zero or
+  // compressed clusters, encryption, O_DIRECT, remote protocols). The answer
+  // holds while the range is not written; formats that may move data to
+  // other host offsets answer only while read-only, so it cannot go stale.
+  virtual std::optional<HostExtent> host_extent(uint64_t offset, uint64_t length) {
+    (void)offset, (void)length;
+    return std::nullopt;
+  }
 
   // Host bytes used by this node and its file children (qemu-img's "disk size"), or -1.
   virtual int64_t allocated_size() const;

@@ -43,6 +43,13 @@ struct BlockStatus {
   std::string host_file;            // file holding the data, with kStatusOffsetValid
 };
 
+// Bytes stored verbatim in an open host file (Node::host_extent).
+struct HostExtent {
+  int fd = -1;           // owned by the node
+  uint64_t offset = 0;   // in that file
+  uint64_t length = 0;   // contiguous bytes there, at least 1
+};
+
 struct WriteFlags {
   bool fua = false;  // force unit access: durable when the call returns
 };
