@@ -386,6 +386,9 @@ int run(CommandLine& cli) {
     }
   }
   server.run();
+  const ReadStats& reads = server.read_stats();
+  log::info("kiln-nbd: {} reads zero-copy ({} answered on the connection thread), {} read into memory", reads.zero_copy.load(),
+            reads.answered_now.load(), reads.copied.load());
   // Wake the signal thread if no signal came.
   pthread_kill(signal_thread.native_handle(), SIGUSR2);
   signal_thread.join();

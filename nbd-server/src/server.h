@@ -60,6 +60,7 @@ class Server {
   // Serves one already-connected socket (used by run(); also by tests).
   void serve_connection(UniqueFd fd);
   unsigned connections_served() const { return served_.load(); }
+  const ReadStats& read_stats() const { return read_stats_; }
 
  private:
   void connection_thread(int fd);
@@ -68,6 +69,7 @@ class Server {
   std::vector<UniqueFd> listeners_;
   UniqueFd stop_event_;  // eventfd: written by stop()
   BufferPool buffers_;   // payload buffers of every connection (outlives the workers)
+  ReadStats read_stats_;
   WorkerPool pool_;
 
   std::mutex mutex_;

@@ -1,7 +1,11 @@
 #include "session.h"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 
 #include "kiln/common/buffer.h"
@@ -22,6 +26,12 @@ constexpr const char* kDepthName = "qemu:allocation-depth";
 constexpr uint32_t kContextFirstBitmap = 3;
 constexpr std::string_view kBitmapPrefix = "qemu:dirty-bitmap:";
 constexpr uint32_t kStateDirty = 1;
+constexpr uint64_t kPageSize = 4096;
+#ifdef SYS_cachestat
+constexpr long kCachestatSyscall = SYS_cachestat;
+#else
+constexpr long kCachestatSyscall = 451;  // the same number on every architecture but alpha
+#endif
 
 std::span<const std::byte> bytes(std::string_view text) { return std::as_bytes(std::span(text.data(), text.size())); }
 
@@ -50,6 +60,27 @@ ExtentStatus chain_status(block::Node& top, uint64_t offset, uint64_t length) {
     node = backing;
     ++depth;
   }
+}
+
+// Whether every page of the range is in the page cache (cachestat(2), Linux
+// 6.5); false when unknown.
+bool in_page_cache(const block::HostExtent& file) {
+  struct Range {
+    uint64_t offset, length;
+  };
+  struct Stat {
+    uint64_t cached, dirty, writeback, evicted, recently_evicted;
+  };
+  static std::atomic<bool> unsupported{false};
+  if (unsupported.load(std::memory_order_relaxed)) return false;
+  Range range{file.offset, file.length};
+  Stat stat{};
+  if (::syscall(kCachestatSyscall, file.fd, &range, &stat, 0) == -1) {
+    if (errno == ENOSYS) unsupported.store(true, std::memory_order_relaxed);
+    return false;
+  }
+  const uint64_t pages = (file.offset + file.length + kPageSize - 1) / kPageSize - file.offset / kPageSize;
+  return stat.cached >= pages;
 }
 
 }  // namespace
@@ -94,6 +125,11 @@ struct Session::Request final : Task {
   std::vector<std::byte> buffer;      // READ/WRITE data, from the BufferPool while in flight
   std::vector<ExtentStatus> extents;  // reused by READ and BLOCK_STATUS
   std::vector<std::byte> status_payload;
+  // READ replies (reused, so a connection allocates them once).
+  std::vector<block::HostExtent> files;
+  std::vector<std::byte> headers;
+  std::vector<ReplyPart> parts;
+  std::vector<std::span<const std::byte>> spans;
 };
 
 std::vector<std::byte> BufferPool::take(size_t size) {
@@ -692,7 +728,30 @@ void Session::dispatch(Request& request) {
     release(request);
     return;
   }
+  if (request.type == kCmdRead && read_now(request)) {
+    release(request);
+    return;
+  }
   executor_.submit(request);
+}
+
+// A READ whose data is all in the page cache is answered right here, on the
+// connection's thread: no hand-off to a worker (two wake-ups and a lock per
+// request). Anything that could block on the disk or fail goes to a worker.
+bool Session::read_now(Request& request) {
+  if (request.length == 0 || request.length > output_.file_capacity()) return false;
+  try {
+    plan_read(request);
+    if (!map_read_to_files(request)) return false;
+    for (const block::HostExtent& file : request.files) {
+      if (!in_page_cache(file)) return false;
+    }
+    if (!send_read_from_files(request)) return false;
+  } catch (const std::exception&) {
+    return false;  // the worker retries and replies with the error
+  }
+  count(&ReadStats::answered_now);
+  return true;
 }
 
 void Session::execute(Request& request) {
@@ -794,31 +853,15 @@ void Session::reply_error(Request& request, uint32_t error, std::string_view mes
   output_.send(parts);
 }
 
-void Session::do_read(Request& request) {
-  block::Node& node = *config_.node;
-  if (request.buffer.size() < request.length) request.buffer = buffers_->take(request.length);
-  const std::span<std::byte> buffer = std::span(request.buffer).first(request.length);
-  if (!chunked()) {
-    if (!buffer.empty()) node.read(request.offset, buffer);
-    reply_simple(request, 0, buffer);
-    return;
-  }
-  if (buffer.empty()) {
-    reply_none(request);  // a content chunk must describe at least one byte
-    return;
-  }
-  std::array<std::byte, kExtendedReplyHeaderSize + 12> header{};
-  if (request.flags & kCmdFlagDf) {
-    node.read(request.offset, buffer);
-    const size_t size = chunk_header(header.data(), request, kReplyFlagDone, kChunkOffsetData, 8 + request.length);
-    store64(header.data() + size, request.offset);
-    const std::span<const std::byte> parts[] = {std::span<const std::byte>(header).first(size + 8), buffer};
-    output_.send(parts);
-    return;
-  }
-  // Find holes first, read the data extents, then send chunks; an error
-  // therefore never follows data already sent.
+void Session::plan_read(Request& request) {
+  // The reply's extents: holes become hole chunks in structured replies
+  // without DF; otherwise the whole range is one piece of data.
   request.extents.clear();
+  if (!chunked() || (request.flags & kCmdFlagDf)) {
+    request.extents.push_back({request.length, true, false, 1});
+    return;
+  }
+  block::Node& node = *config_.node;
   for (uint64_t position = 0; position < request.length;) {
     ExtentStatus status{request.length - position, true, false, 1};
     try {
@@ -834,27 +877,101 @@ void Session::do_read(Request& request) {
     }
     position += status.length;
   }
+}
+
+void Session::do_read(Request& request) {
+  block::Node& node = *config_.node;
+  if (request.length == 0) {
+    if (chunked()) {
+      reply_none(request);  // a content chunk must describe at least one byte
+    } else {
+      reply_simple(request, 0);
+    }
+    return;
+  }
+  plan_read(request);
+  if (request.length <= output_.file_capacity() && map_read_to_files(request) && send_read_from_files(request)) return;
+  // Read every data extent first, then send: an error never follows data
+  // already sent.
+  if (request.buffer.size() < request.length) request.buffer = buffers_->take(request.length);
+  const std::span<std::byte> buffer = std::span(request.buffer).first(request.length);
   uint64_t position = 0;
   for (const ExtentStatus& extent : request.extents) {
     if (!extent.zero) node.read(request.offset + position, buffer.subspan(position, extent.length));
     position += extent.length;
   }
-  position = 0;
+  build_read_reply(request, buffer);
+  request.spans.clear();
+  for (const ReplyPart& part : request.parts) request.spans.push_back(part.memory);
+  output_.send(request.spans);
+  count(&ReadStats::copied);
+}
+
+// Where the planned READ's data bytes lie in host files; false when some do
+// not lie verbatim in one (compressed, encrypted, remote...).
+bool Session::map_read_to_files(Request& request) {
+  block::Node& node = *config_.node;
+  request.files.clear();
+  uint64_t position = 0;
+  for (const ExtentStatus& extent : request.extents) {
+    for (uint64_t done = 0; !extent.zero && done < extent.length;) {
+      const std::optional<block::HostExtent> host = node.host_extent(request.offset + position + done, extent.length - done);
+      if (!host) return false;
+      block::HostExtent* last = request.files.empty() ? nullptr : &request.files.back();
+      if (last != nullptr && last->fd == host->fd && last->offset + last->length == host->offset) {
+        last->length += host->length;
+      } else {
+        request.files.push_back(*host);
+      }
+      done += host->length;
+    }
+    position += extent.length;
+  }
+  return true;
+}
+
+// The zero-copy READ reply: the output moves the data from the page cache to
+// the socket. False: nothing was sent.
+bool Session::send_read_from_files(Request& request) {
+  build_read_reply(request, {});
+  if (!output_.send_with_files(request.parts, request.files)) return false;
+  count(&ReadStats::zero_copy);
+  return true;
+}
+
+// The planned READ's reply in request.parts: a simple reply, or one chunk per
+// extent. Data comes from `data` (read into memory) or, when it is empty,
+// from the reply's file ranges.
+void Session::build_read_reply(Request& request, std::span<const std::byte> data) {
+  auto data_part = [&](uint64_t position, uint64_t length) {
+    return data.empty() ? ReplyPart{.file_bytes = length} : ReplyPart{.memory = data.subspan(position, length)};
+  };
+  // Every header first (the parts point into `headers`), then the parts.
+  constexpr size_t kSlot = kExtendedReplyHeaderSize + 12;
+  request.headers.resize(request.extents.size() * kSlot);
+  request.parts.clear();
+  if (!chunked()) {
+    std::byte* p = store32(request.headers.data(), kSimpleReplyMagic);
+    store64(store32(p, 0), request.cookie);
+    request.parts.push_back({.memory = std::span<const std::byte>(request.headers).first(16)});
+    request.parts.push_back(data_part(0, request.length));
+    return;
+  }
+  uint64_t position = 0;
   for (size_t i = 0; i < request.extents.size(); ++i) {
     const ExtentStatus& extent = request.extents[i];
     const uint16_t flags = i + 1 == request.extents.size() ? kReplyFlagDone : 0;
+    std::byte* header = request.headers.data() + i * kSlot;
     // Read lengths are capped at kMaxPayload, so extent lengths fit 32 bits.
     if (extent.zero) {
-      const size_t size = chunk_header(header.data(), request, flags, kChunkOffsetHole, 12);
-      store32(store64(header.data() + size, request.offset + position), static_cast<uint32_t>(extent.length));
-      const std::span<const std::byte> parts[] = {std::span<const std::byte>(header).first(size + 12)};
-      output_.send(parts);
+      const size_t size = chunk_header(header, request, flags, kChunkOffsetHole, 12);
+      store32(store64(header + size, request.offset + position), static_cast<uint32_t>(extent.length));
+      request.parts.push_back({.memory = {header, size + 12}});
     } else {
-      const size_t size = chunk_header(header.data(), request, flags, kChunkOffsetData, 8 + extent.length);
-      store64(header.data() + size, request.offset + position);
-      const std::span<const std::byte> parts[] = {std::span<const std::byte>(header).first(size + 8),
-                                                   buffer.subspan(position, extent.length)};
-      output_.send(parts);
+      const size_t size = chunk_header(header, request, flags, kChunkOffsetData, 8 + extent.length);
+      store64(header + size, request.offset + position);
+      request.parts.push_back({.memory = {header, size + 8}});
+      request.parts.push_back(data_part(position, extent.length));
     }
     position += extent.length;
   }

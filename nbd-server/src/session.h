@@ -6,6 +6,7 @@
 // at most `max_in_flight` requests and `max_in_flight_bytes` of payload.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -58,10 +59,25 @@ class BufferPool {
   size_t max_idle_bytes_;
 };
 
+// How READ requests were served, across a server's sessions (for the log and tests).
+struct ReadStats {
+  std::atomic<uint64_t> copied{0};      // read into memory, then sent
+  std::atomic<uint64_t> zero_copy{0};   // spliced from host files to the socket (or only holes)
+  std::atomic<uint64_t> answered_now{0};  // of those, on the connection's thread (page cache hits)
+};
+
 struct SessionLimits {
   uint32_t max_in_flight = 16;
   uint64_t max_in_flight_bytes = 64u << 20;
   BufferPool* buffers = nullptr;  // shared by a server's sessions; null: the session keeps its own
+  ReadStats* read_stats = nullptr;  // optional
+};
+
+// Part of a reply sent with file data: bytes in memory, or (when `memory`
+// is empty) the next `file_bytes` bytes of the reply's file ranges.
+struct ReplyPart {
+  std::span<const std::byte> memory;
+  uint64_t file_bytes = 0;
 };
 
 // Where replies go. Each call sends its parts contiguously (thread-safe).
@@ -69,6 +85,16 @@ class Output {
  public:
   virtual ~Output() = default;
   virtual void send(std::span<const std::span<const std::byte>> parts) = 0;
+  // The most file bytes one send_with_files() takes; 0 when this output
+  // cannot send file data without copying it (TLS, in-memory outputs).
+  virtual uint64_t file_capacity() const { return 0; }
+  // Sends `parts`, taking file bytes from `files` in order, without copying
+  // them through user space. Returns false, having sent nothing, when the
+  // ranges could not be read in full: the caller then reads into memory.
+  virtual bool send_with_files(std::span<const ReplyPart> parts, std::span<const block::HostExtent> files) {
+    (void)parts, (void)files;
+    return false;
+  }
 };
 
 // A unit of work for the executor; runs once.
@@ -152,6 +178,14 @@ class Session {
   bool chunked() const { return structured_ || extended_; }
   size_t request_header_size() const { return extended_ ? kExtendedRequestHeaderSize : kRequestHeaderSize; }
   void do_read(Request& request);
+  void plan_read(Request& request);
+  bool map_read_to_files(Request& request);
+  bool send_read_from_files(Request& request);
+  void build_read_reply(Request& request, std::span<const std::byte> data);
+  bool read_now(Request& request);
+  void count(std::atomic<uint64_t> ReadStats::*counter) {
+    if (limits_.read_stats != nullptr) (limits_.read_stats->*counter).fetch_add(1, std::memory_order_relaxed);
+  }
   void do_write(Request& request);
   void do_write_zeroes(Request& request);
   void do_block_status(Request& request);

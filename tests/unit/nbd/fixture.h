@@ -37,6 +37,7 @@ class TempDir {
 
 struct ServerSetup {
   bool read_only = false;
+  std::string format = "raw";
   bool allocation_depth = false;
   bool discard_unmap = true;
   unsigned shared = 8;
@@ -51,7 +52,7 @@ class RunningServer {
   RunningServer(const std::filesystem::path& image_path, const ServerSetup& setup, const std::filesystem::path& socket)
       : socket_(socket) {
     block::OpenOptions open_options;
-    open_options.format = "raw";
+    open_options.format = setup.format;
     open_options.read_only = setup.read_only;
     image_ = block::Image::open(image_path.string(), open_options);
     ServerOptions options;
@@ -79,6 +80,7 @@ class RunningServer {
   }
   std::string uri(const std::string& name = "") const { return "nbd+unix:///" + name + "?socket=" + socket_.string(); }
   block::Image& image() { return *image_; }
+  const ReadStats& read_stats() const { return server_->read_stats(); }
 
  private:
   std::filesystem::path socket_;
