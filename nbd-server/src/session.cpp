@@ -27,6 +27,7 @@ constexpr uint32_t kContextFirstBitmap = 3;
 constexpr std::string_view kBitmapPrefix = "qemu:dirty-bitmap:";
 constexpr uint32_t kStateDirty = 1;
 constexpr uint64_t kPageSize = 4096;
+constexpr uint64_t kMaxReadNow = 4 << 20;  // larger cached reads still go to a worker
 #ifdef SYS_cachestat
 constexpr long kCachestatSyscall = SYS_cachestat;
 #else
@@ -739,14 +740,14 @@ void Session::dispatch(Request& request) {
 // connection's thread: no hand-off to a worker (two wake-ups and a lock per
 // request). Anything that could block on the disk or fail goes to a worker.
 bool Session::read_now(Request& request) {
-  if (request.length == 0 || request.length > output_.file_capacity()) return false;
+  if (request.length == 0 || request.length > kMaxReadNow) return false;
   try {
     plan_read(request);
     if (!map_read_to_files(request)) return false;
     for (const block::HostExtent& file : request.files) {
       if (!in_page_cache(file)) return false;
     }
-    if (!send_read_from_files(request)) return false;
+    if (request.length > output_.file_capacity() || !send_read_from_files(request)) send_read_from_memory(request);
   } catch (const std::exception&) {
     return false;  // the worker retries and replies with the error
   }
@@ -880,7 +881,6 @@ void Session::plan_read(Request& request) {
 }
 
 void Session::do_read(Request& request) {
-  block::Node& node = *config_.node;
   if (request.length == 0) {
     if (chunked()) {
       reply_none(request);  // a content chunk must describe at least one byte
@@ -891,6 +891,11 @@ void Session::do_read(Request& request) {
   }
   plan_read(request);
   if (request.length <= output_.file_capacity() && map_read_to_files(request) && send_read_from_files(request)) return;
+  send_read_from_memory(request);
+}
+
+void Session::send_read_from_memory(Request& request) {
+  block::Node& node = *config_.node;
   // Read every data extent first, then send: an error never follows data
   // already sent.
   if (request.buffer.size() < request.length) request.buffer = buffers_->take(request.length);

@@ -181,6 +181,7 @@ class Session {
   void plan_read(Request& request);
   bool map_read_to_files(Request& request);
   bool send_read_from_files(Request& request);
+  void send_read_from_memory(Request& request);
   void build_read_reply(Request& request, std::span<const std::byte> data);
   bool read_now(Request& request);
   void count(std::atomic<uint64_t> ReadStats::*counter) {

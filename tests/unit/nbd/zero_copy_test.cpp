@@ -1,11 +1,14 @@
 // READ replies spliced from the image file to the socket (no copy through
 // user space), and the fallbacks to reading into memory.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "fixture.h"
@@ -104,7 +107,9 @@ TEST_F(NbdZeroCopyTest, RawReadsAreSplicedInEveryReplyStyle) {
   EXPECT_EQ(stats.zero_copy.load(), 3 * kReads);
   EXPECT_EQ(stats.copied.load(), 0u);
   // The file was just written, so its pages are cached: no worker is needed.
-  if (kernel_has_cachestat()) EXPECT_GT(stats.answered_now.load(), 0u);
+  if (kernel_has_cachestat()) {
+    EXPECT_GT(stats.answered_now.load(), 0u);
+  }
 }
 
 TEST_F(NbdZeroCopyTest, Qcow2IsSplicedOnlyWhenServedReadOnly) {
@@ -183,6 +188,35 @@ TEST_F(NbdZeroCopyTest, ClientLeavingWithSplicedRepliesPendingLeavesTheServerUp)
   Handle good = connect(server->uri());
   ASSERT_TRUE(good);
   read_all(good.get(), expected, 0);
+}
+
+TEST_F(NbdZeroCopyTest, TcpRepliesAreSplicedToo) {
+  const std::filesystem::path image = dir_.path() / "disk.raw";
+  const std::vector<char> expected = write_raw_image(image);
+  auto opened = block::Image::open(image.string(), {.format = "raw", .read_only = true});
+  ServerOptions options;
+  options.export_config = {.node = &opened->top(), .read_only = true};
+  options.persistent = true;
+  options.shared = 4;
+  options.workers = 2;
+  std::vector<UniqueFd> listeners = listen_tcp("127.0.0.1", "0");
+  sockaddr_in bound{};
+  socklen_t size = sizeof bound;
+  ASSERT_EQ(getsockname(listeners.front().get(), reinterpret_cast<sockaddr*>(&bound), &size), 0);
+  Server server(std::move(options), std::move(listeners));
+  std::thread thread([&] { server.run(); });
+  {
+    Handle h = connect("nbd://127.0.0.1:" + std::to_string(ntohs(bound.sin_port)));
+    ASSERT_TRUE(h);
+    read_all(h.get(), expected, 0);
+  }
+  server.stop();
+  thread.join();
+  EXPECT_EQ(server.read_stats().zero_copy.load(), kSize / kRead);
+  EXPECT_EQ(server.read_stats().copied.load(), 0u);
+  if (kernel_has_cachestat()) {
+    EXPECT_GT(server.read_stats().answered_now.load(), 0u);
+  }
 }
 
 }  // namespace
