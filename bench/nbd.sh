@@ -3,14 +3,16 @@
 #  - throughput: nbdcopy from the export to null: and to a file, over a UNIX
 #    socket and TCP loopback, with 1 and 4 connections, on a raw and a qcow2
 #    image (nbdkit's file plugin serves raw only: "n/a" for qcow2), with each
-#    server's peak RSS;
+#    server's peak RSS and CPU time (user + system) for the copy; medians of
+#    REPS runs (default 3), the servers taking turns within each run;
 #  - memory: each server's peak RSS with 64 clients connected at once, every
 #    one of them having read 1 MiB.
-# Usage: bench/nbd.sh [BUILD_BIN_DIR] [SIZE_MIB]
+# Usage: [REPS=N] bench/nbd.sh [BUILD_BIN_DIR] [SIZE_MIB]
 # Run it on an idle machine; a small SIZE_MIB (e.g. 8) only checks the script.
 set -euo pipefail
 BIN=${1:-$(dirname "$0")/../build/default/bin}
 SIZE_MIB=${2:-1024}
+REPS=${REPS:-3}
 CLIENTS=64
 KILN_NBD=$(realpath "$BIN/kiln-nbd")
 for tool in qemu-nbd qemu-img qemu-io nbdkit nbdcopy nbdinfo python3 bc; do
@@ -51,29 +53,40 @@ start() {  # NAME FORMAT TRANSPORT [SHARED]
 }
 stop() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=; }
 peak_rss() { awk '/VmHWM/ {print $2}' "/proc/$server_pid/status"; }
+# The server's CPU seconds so far (user + system).
+cpu_seconds() { awk -v tick="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / tick}' "/proc/$server_pid/stat"; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
 # ---- Throughput --------------------------------------------------------------
-declare -A results rss
+declare -A results rss cpu runs cpus
+for rep in $(seq "$REPS"); do
 for format in raw qcow2; do
   for transport in unix tcp; do
     for target in null file; do
       for conns in 1 4; do
         for name in kiln-nbd qemu-nbd nbdkit; do
           key="$format $transport $target $conns $name"
-          if [ $name = nbdkit ] && [ $format != raw ]; then results[$key]=n/a; rss[$key]=n/a; continue; fi
+          if [ $name = nbdkit ] && [ $format != raw ]; then results[$key]=n/a; rss[$key]=n/a; cpu[$key]=n/a; continue; fi
           start $name $format $transport
           dest=null:
           if [ "$target" = file ]; then dest=$DIR/out.raw; rm -f out.raw; fi
+          c0=$(cpu_seconds)
           t0=$(date +%s.%N)
           nbdcopy --connections=$conns "$(uri $transport)" "$dest"
           t1=$(date +%s.%N)
-          results[$key]=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l)
+          runs[$key]="${runs[$key]:-} $(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l)"
+          cpus[$key]="${cpus[$key]:-} $(echo "$(cpu_seconds) - $c0" | bc -l)"
           rss[$key]=$(peak_rss)
           stop
         done
       done
     done
   done
+done
+done
+for key in "${!runs[@]}"; do
+  results[$key]=$(echo "${runs[$key]}" | median)
+  cpu[$key]=$(printf '%.2f' "$(echo "${cpus[$key]}" | median)")
 done
 rm -f out.raw
 
@@ -126,9 +139,9 @@ done
 # ---- Report -------------------------------------------------------------------
 ratio() { if [ "$2" = n/a ]; then echo n/a; else printf '%.2f' "$(echo "$1 / $2" | bc -l)"; fi; }
 rate() { if [ "$1" = n/a ]; then echo n/a; else printf '%.0f' "$1"; fi; }
-echo "nbdcopy of a ${SIZE_MIB} MiB image (MiB/s; peak server RSS in KiB)"
-printf '%-6s %-6s %-5s %-2s %11s %11s %11s %9s %9s %9s %9s %9s\n' format trans dest C \
-  kiln qemu nbdkit kiln/qemu kiln/nbdk kiln-RSS qemu-RSS nbdk-RSS
+echo "nbdcopy of a ${SIZE_MIB} MiB image, median of $REPS (MiB/s; server CPU s; peak server RSS in KiB)"
+printf '%-6s %-6s %-5s %-2s %7s %7s %7s %9s %9s %8s %8s %8s %8s %8s %8s\n' format trans dest C \
+  kiln qemu nbdkit kiln/qemu kiln/nbdk kiln-CPU qemu-CPU nbdk-CPU kiln-RSS qemu-RSS nbdk-RSS
 for format in raw qcow2; do
   for transport in unix tcp; do
     for target in null file; do
@@ -136,8 +149,10 @@ for format in raw qcow2; do
         k=${results["$format $transport $target $conns kiln-nbd"]}
         q=${results["$format $transport $target $conns qemu-nbd"]}
         n=${results["$format $transport $target $conns nbdkit"]}
-        printf '%-6s %-6s %-5s %-2s %11s %11s %11s %9s %9s %9s %9s %9s\n' $format $transport $target $conns \
+        printf '%-6s %-6s %-5s %-2s %7s %7s %7s %9s %9s %8s %8s %8s %8s %8s %8s\n' $format $transport $target $conns \
           "$(rate "$k")" "$(rate "$q")" "$(rate "$n")" "$(ratio "$k" "$q")" "$(ratio "$k" "$n")" \
+          "${cpu["$format $transport $target $conns kiln-nbd"]}" "${cpu["$format $transport $target $conns qemu-nbd"]}" \
+          "${cpu["$format $transport $target $conns nbdkit"]}" \
           "${rss["$format $transport $target $conns kiln-nbd"]}" "${rss["$format $transport $target $conns qemu-nbd"]}" \
           "${rss["$format $transport $target $conns nbdkit"]}"
       done

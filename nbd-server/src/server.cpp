@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -220,6 +222,11 @@ class Connection final : public Output {
     if (setsockopt(fd_, SOL_SOCKET, SO_SNDBUFFORCE, &kSendBuffer, sizeof kSendBuffer) == -1) {
       setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &kSendBuffer, sizeof kSendBuffer);
     }
+    // Every reply ends with a send without MSG_MORE, which must go out now:
+    // Nagle's algorithm would hold small replies for the client's delayed ACK.
+    // (Fails harmlessly on UNIX sockets.)
+    const int one = 1;
+    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
 
   void start_tls(const TlsContext& context) {
