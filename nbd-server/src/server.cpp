@@ -1,6 +1,7 @@
 #include "server.h"
 
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -207,6 +208,29 @@ class SplicePipe {
 
 constexpr int kSendBuffer = 4 << 20;
 
+// A TCP connection from this host: loopback, or the peer's address is ours.
+bool peer_is_this_host_over_tcp(int fd) {
+  sockaddr_storage local{}, peer{};
+  socklen_t local_size = sizeof local, peer_size = sizeof peer;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_size) == -1 ||
+      getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_size) == -1) {
+    return false;
+  }
+  if (peer.ss_family == AF_INET) {
+    const in_addr_t peer_address = reinterpret_cast<const sockaddr_in&>(peer).sin_addr.s_addr;
+    if ((ntohl(peer_address) >> 24) == 127) return true;
+    return local.ss_family == AF_INET && reinterpret_cast<const sockaddr_in&>(local).sin_addr.s_addr == peer_address;
+  }
+  if (peer.ss_family == AF_INET6) {
+    const in6_addr& peer_address = reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(&peer_address)) return true;
+    if (IN6_IS_ADDR_V4MAPPED(&peer_address) && peer_address.s6_addr[12] == 127) return true;
+    return local.ss_family == AF_INET6 &&
+           std::memcmp(&reinterpret_cast<const sockaddr_in6&>(local).sin6_addr, &peer_address, sizeof peer_address) == 0;
+  }
+  return false;
+}
+
 // One connection's byte stream, plain or TLS. Replies from many workers are
 // serialised by write_mutex_; a broken peer turns later sends into no-ops.
 class Connection final : public Output {
@@ -227,6 +251,7 @@ class Connection final : public Output {
     // (Fails harmlessly on UNIX sockets.)
     const int one = 1;
     setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    splice_ = !peer_is_this_host_over_tcp(fd_);
   }
 
   void start_tls(const TlsContext& context) {
@@ -247,7 +272,7 @@ class Connection final : public Output {
     }
   }
 
-  uint64_t file_capacity() const override { return tls_ ? 0 : SplicePipe::for_this_thread().capacity(); }
+  uint64_t file_capacity() const override { return splice_ && !tls_ ? SplicePipe::for_this_thread().capacity() : 0; }
 
   bool send_with_files(std::span<const ReplyPart> parts, std::span<const block::HostExtent> files) override {
     SplicePipe& pipe = SplicePipe::for_this_thread();
@@ -335,6 +360,11 @@ class Connection final : public Output {
   }
 
   int fd_;
+  // Replies splice file data over UNIX sockets and to other hosts. To a TCP
+  // client on this host they copy it: that client's side of the loopback
+  // costs it more with spliced page-cache pages than the copy costs here
+  // (nbdcopy: client CPU 0.87 vs 0.74 s per GiB, throughput +10%).
+  bool splice_ = true;
   std::optional<TlsStream> tls_;
   std::mutex write_mutex_;
   bool broken_ = false;

@@ -190,7 +190,9 @@ TEST_F(NbdZeroCopyTest, ClientLeavingWithSplicedRepliesPendingLeavesTheServerUp)
   read_all(good.get(), expected, 0);
 }
 
-TEST_F(NbdZeroCopyTest, TcpRepliesAreSplicedToo) {
+// To a TCP client on this host the data is copied (cheaper for that
+// client); cached reads are still answered without a worker.
+TEST_F(NbdZeroCopyTest, LoopbackTcpRepliesAreCopied) {
   const std::filesystem::path image = dir_.path() / "disk.raw";
   const std::vector<char> expected = write_raw_image(image);
   auto opened = block::Image::open(image.string(), {.format = "raw", .read_only = true});
@@ -212,8 +214,8 @@ TEST_F(NbdZeroCopyTest, TcpRepliesAreSplicedToo) {
   }
   server.stop();
   thread.join();
-  EXPECT_EQ(server.read_stats().zero_copy.load(), kSize / kRead);
-  EXPECT_EQ(server.read_stats().copied.load(), 0u);
+  EXPECT_EQ(server.read_stats().zero_copy.load(), 0u);
+  EXPECT_EQ(server.read_stats().copied.load(), kSize / kRead);
   if (kernel_has_cachestat()) {
     EXPECT_GT(server.read_stats().answered_now.load(), 0u);
   }
