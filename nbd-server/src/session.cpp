@@ -747,11 +747,17 @@ bool Session::read_now(Request& request) {
     for (const block::HostExtent& file : request.files) {
       if (!in_page_cache(file)) return false;
     }
-    if (request.length > output_.file_capacity() || !send_read_from_files(request)) send_read_from_memory(request);
+    // Counted before the reply can reach the client (which may then look).
+    count(&ReadStats::answered_now);
+    try {
+      if (request.length > output_.file_capacity() || !send_read_from_files(request)) send_read_from_memory(request);
+    } catch (...) {
+      count(&ReadStats::answered_now, -1);
+      throw;
+    }
   } catch (const std::exception&) {
     return false;  // the worker retries and replies with the error
   }
-  count(&ReadStats::answered_now);
   return true;
 }
 
@@ -908,8 +914,8 @@ void Session::send_read_from_memory(Request& request) {
   build_read_reply(request, buffer);
   request.spans.clear();
   for (const ReplyPart& part : request.parts) request.spans.push_back(part.memory);
-  output_.send(request.spans);
   count(&ReadStats::copied);
+  output_.send(request.spans);
 }
 
 // Where the planned READ's data bytes lie in host files; false when some do
@@ -939,9 +945,10 @@ bool Session::map_read_to_files(Request& request) {
 // the socket. False: nothing was sent.
 bool Session::send_read_from_files(Request& request) {
   build_read_reply(request, {});
-  if (!output_.send_with_files(request.parts, request.files)) return false;
   count(&ReadStats::zero_copy);
-  return true;
+  if (output_.send_with_files(request.parts, request.files)) return true;
+  count(&ReadStats::zero_copy, -1);
+  return false;
 }
 
 // The planned READ's reply in request.parts: a simple reply, or one chunk per

@@ -184,8 +184,9 @@ class Session {
   void send_read_from_memory(Request& request);
   void build_read_reply(Request& request, std::span<const std::byte> data);
   bool read_now(Request& request);
-  void count(std::atomic<uint64_t> ReadStats::*counter) {
-    if (limits_.read_stats != nullptr) (limits_.read_stats->*counter).fetch_add(1, std::memory_order_relaxed);
+  // Counts a READ reply before it is sent, so a client that got it sees it counted.
+  void count(std::atomic<uint64_t> ReadStats::*counter, int delta = 1) {
+    if (limits_.read_stats != nullptr) (limits_.read_stats->*counter).fetch_add(static_cast<uint64_t>(delta), std::memory_order_relaxed);
   }
   void do_write(Request& request);
   void do_write_zeroes(Request& request);

@@ -315,6 +315,19 @@ void VdiNode::write_map_range(uint32_t first, uint32_t end) {
 
 // ---------------------------------------------------------------- block status
 
+// Only while read-only: a writable image may move blocks (check -r, shrink).
+std::optional<HostExtent> VdiNode::host_extent(uint64_t offset, uint64_t length) {
+  if (!read_only_) return std::nullopt;
+  std::shared_lock layout(layout_);
+  Run run;
+  {
+    std::lock_guard lock(meta_);
+    run = lookup(offset, length);
+  }
+  if (!is_allocated(run.entry)) return std::nullopt;
+  return file_->host_extent(run.host, run.bytes);
+}
+
 BlockStatus VdiNode::block_status(uint64_t offset, uint64_t length) {
   std::shared_lock layout(layout_);
   Run run;

@@ -42,6 +42,7 @@ class VdiNode final : public Node {
   void flush() override;
   void truncate(uint64_t new_size, Preallocation prealloc, bool allow_shrink) override;
   BlockStatus block_status(uint64_t offset, uint64_t length) override;
+  std::optional<HostExtent> host_extent(uint64_t offset, uint64_t length) override;
   CheckResult check(CheckRepair repair) override;
 
   // For tests and tools: a copy of the current header.

@@ -919,6 +919,23 @@ BlockStatus VmdkNode::block_status(uint64_t offset, uint64_t length) {
   return status;
 }
 
+// Flat extents map fixed ranges of their files; sparse grains only while
+// read-only (a writable image may replace a grain under a reader).
+std::optional<HostExtent> VmdkNode::host_extent(uint64_t offset, uint64_t length) {
+  Extent& extent = extents_[extent_index(offset)];
+  const uint64_t local = offset - extent.start;
+  length = std::min(length, extent.length - local);
+  if (extent.kind == ExtentKind::Flat) return extent.file->host_extent(extent.flat_offset + local, length);
+  if (extent.kind == ExtentKind::Zero || !read_only_) return std::nullopt;
+  Mapping m;
+  {
+    std::lock_guard lock(meta_);
+    m = map(extent, local, length);
+  }
+  if (m.kind != GrainKind::Data) return std::nullopt;
+  return extent.file->host_extent(m.host, m.bytes);
+}
+
 // As qemu-img check for vmdk: walks every grain in guest order; the first
 // grain starting past the end of its file (or an unreadable grain table) is
 // printed as qemu prints it and fails the check with EINVAL, which qemu-img

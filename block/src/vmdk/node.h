@@ -80,6 +80,7 @@ class VmdkNode final : public Node {
   void write_zeroes(uint64_t offset, uint64_t length, ZeroFlags flags) override;
   void flush() override;
   BlockStatus block_status(uint64_t offset, uint64_t length) override;
+  std::optional<HostExtent> host_extent(uint64_t offset, uint64_t length) override;
   CheckResult check(CheckRepair repair) override;
   bool supports_compressed_writes() const override;
   void write_compressed(uint64_t offset, std::span<const std::byte> data) override;

@@ -1,6 +1,7 @@
 // VDI driver: creation, data path, allocation, static images, zeroes/discard,
 // concurrency, check/repair and resize — checked against qemu-img/qemu-io.
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <thread>
@@ -522,6 +523,27 @@ TEST(VdiVirtualBox, BlockExtraBytesPrecedeEachBlock) {
   EXPECT_EQ(std::filesystem::file_size(f), h.offset_data + kMiB + 512);
   EXPECT_EQ(read_bytes(f, h.offset_data, 512), pattern(512, 0));     // the extra bytes
   EXPECT_EQ(read_bytes(f, h.offset_data + 512, 512), pattern(512, 0x62));
+}
+
+// Zero-copy readers (kiln-nbd) get the file range of allocated blocks, only
+// while the image is read-only.
+TEST(VdiHostExtent, AllocatedBlocksMapToTheirFileBytes) {
+  TempDir dir;
+  const std::string f = dir.file("h.vdi");
+  create_vdi(f, 4 * kMiB);
+  {
+    auto image = open_vdi(f);
+    image->write(kMiB, pattern(kMiB, 0x3c));
+    EXPECT_FALSE(image->top().host_extent(kMiB, 4096).has_value()) << "writable";
+  }
+  auto image = open_vdi(f, true);
+  std::optional<HostExtent> extent = image->top().host_extent(kMiB + 100, 5000);
+  ASSERT_TRUE(extent.has_value());
+  EXPECT_EQ(extent->length, 5000u);
+  std::vector<std::byte> bytes(extent->length);
+  ASSERT_EQ(pread(extent->fd, bytes.data(), bytes.size(), static_cast<off_t>(extent->offset)), 5000);
+  EXPECT_EQ(bytes, pattern(5000, 0x3c));
+  EXPECT_FALSE(image->top().host_extent(0, 4096).has_value()) << "unallocated block";
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // The vmdk data path through the block layer: every subformat kiln writes is
 // checked and read back by the real qemu-img; concurrent allocation,
 // zeroed grains, delta links and malformed files.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -500,6 +502,43 @@ TEST(VmdkData, CreateOptionErrors) {
   EXPECT_EQ(error_of("adapter_type=scsi"), "invalid parameter value: scsi");
   EXPECT_EQ(error_of("compat6=on,hwversion=7"), "compat6 cannot be enabled with hwversion set");
   EXPECT_EQ(error_of("subformat=monolithicFlat,backing_file=x.vmdk"), "Flat image can't have backing file");
+}
+
+// Zero-copy readers (kiln-nbd): flat extents always map to their file, sparse
+// grains only while read-only, compressed grains never.
+TEST(VmdkData, HostExtentsOfFlatAndSparseData) {
+  TempDir dir;
+  auto bytes_at = [](const HostExtent& extent) {
+    std::vector<std::byte> data(extent.length);
+    EXPECT_EQ(pread(extent.fd, data.data(), data.size(), static_cast<off_t>(extent.offset)), static_cast<ssize_t>(data.size()));
+    return data;
+  };
+  const std::vector<std::byte> data = random_bytes(1 << 20, 7);
+  for (const char* subformat : {"monolithicFlat", "monolithicSparse", "streamOptimized"}) {
+    const std::string file = dir.file(std::string("h-") + subformat + ".vmdk");
+    create_vmdk(file, 4 << 20, std::string("subformat=") + subformat);
+    const bool flat = std::string(subformat) == "monolithicFlat";
+    {
+      auto image = open_vmdk(file);
+      image->write(1 << 20, data);
+      std::optional<HostExtent> extent = image->top().host_extent((1 << 20) + 512, 4096);
+      EXPECT_EQ(extent.has_value(), flat) << subformat << " writable";
+      if (extent) {
+        EXPECT_EQ(bytes_at(*extent), std::vector<std::byte>(data.begin() + 512, data.begin() + 512 + 4096));
+      }
+    }
+    auto image = open_vmdk(file, true);
+    std::optional<HostExtent> extent = image->top().host_extent((1 << 20) + 512, 4096);
+    if (std::string(subformat) == "streamOptimized") {
+      EXPECT_FALSE(extent.has_value()) << "compressed grains";
+      continue;
+    }
+    ASSERT_TRUE(extent.has_value()) << subformat;
+    EXPECT_EQ(bytes_at(*extent), std::vector<std::byte>(data.begin() + 512, data.begin() + 512 + 4096)) << subformat;
+    if (!flat) {
+      EXPECT_FALSE(image->top().host_extent(0, 4096).has_value()) << "unallocated grain";
+    }
+  }
 }
 
 }  // namespace
