@@ -52,6 +52,22 @@ inline std::unique_ptr<Image> open_image(const std::string& filename, bool read_
   return Image::open(filename, options);
 }
 
+// A base image made by qemu-img and filled by the qemu-io command `fill`, and
+// an image made by kiln with that base as its backing file (plus `options`).
+struct BackedImage {
+  std::string base;
+  std::string top;
+};
+inline BackedImage create_backed_qcow2(TempDir& dir, uint64_t size, const std::string& fill, const std::string& options = "",
+                                       const std::string& top_name = "top.qcow2") {
+  BackedImage image{dir.file("base.qcow2"), dir.file(top_name)};
+  EXPECT_EQ(run(fmt::format("qemu-img create -q -f qcow2 '{}' {}", image.base, size)).status, 0);
+  CommandResult r = run(fmt::format("qemu-io -f qcow2 -c '{}' '{}'", fill, image.base));
+  EXPECT_EQ(r.status, 0) << fill << ": " << r.output;
+  create_qcow2(image.top, size, "backing_file=base.qcow2,backing_fmt=qcow2" + (options.empty() ? "" : "," + options));
+  return image;
+}
+
 inline std::vector<std::byte> pattern(size_t size, uint8_t value) { return std::vector<std::byte>(size, std::byte{value}); }
 
 // Expects the real qemu-img check to find nothing wrong.

@@ -216,11 +216,7 @@ TEST(Qcow2Data, ConcurrentWritersDistinctAndSameClusters) {
 
 TEST(Qcow2Data, ConcurrentMixedRequestsOverBackingWithSmallCaches) {
   TempDir dir;
-  const std::string base = dir.file("base.qcow2");
-  const std::string file = dir.file("m.qcow2");
-  ASSERT_EQ(run("qemu-img create -q -f qcow2 '" + base + "' 64M").status, 0);
-  qemu_io(base, "write -P 0x55 0 64M");
-  create_qcow2(file, 64 << 20, "cluster_size=4k,backing_file=base.qcow2,backing_fmt=qcow2");
+  const std::string file = create_backed_qcow2(dir, 64 << 20, "write -P 0x55 0 64M", "cluster_size=4k", "m.qcow2").top;
   {
     // Tiny caches force evictions while other threads allocate.
     auto image = open_image(file, false, {{"l2-cache-size", "8k"}, {"refcount-cache-size", "8k"}});

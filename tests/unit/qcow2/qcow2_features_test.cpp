@@ -306,11 +306,7 @@ TEST(Qcow2Amend, RefcountBits) {
 // clusters, through the backing chain, and only while the image is read-only.
 TEST(Qcow2HostExtent, PlainClustersMapToTheirHostBytesOnlyWhileReadOnly) {
   TempDir dir;
-  const std::string base = dir.file("base.qcow2");
-  const std::string top = dir.file("top.qcow2");
-  ASSERT_EQ(run("qemu-img create -q -f qcow2 '" + base + "' 4M").status, 0);
-  qemu_io(base, "write -P 0xaa 2M 1M");
-  create_qcow2(top, 4 << 20, "backing_file=base.qcow2,backing_fmt=qcow2");
+  const std::string top = create_backed_qcow2(dir, 4 << 20, "write -P 0xaa 2M 1M").top;
   {
     auto image = open_image(top);
     image->write(0, pattern(196608, 1));  // three clusters, allocated in order
@@ -341,11 +337,7 @@ TEST(Qcow2HostExtent, PlainClustersMapToTheirHostBytesOnlyWhileReadOnly) {
 
 TEST(Qcow2Extended, SubclustersWithBackingAgreeWithQemu) {
   TempDir dir;
-  const std::string base = dir.file("base.qcow2");
-  const std::string top = dir.file("top.qcow2");
-  ASSERT_EQ(run("qemu-img create -q -f qcow2 '" + base + "' 4M").status, 0);
-  qemu_io(base, "write -P 0xaa 0 4M");
-  create_qcow2(top, 4 << 20, "extended_l2=on,cluster_size=64k,backing_file=base.qcow2,backing_fmt=qcow2");
+  const std::string top = create_backed_qcow2(dir, 4 << 20, "write -P 0xaa 0 4M", "extended_l2=on,cluster_size=64k").top;
   {
     auto image = open_image(top);
     EXPECT_EQ(image->top().format_specific_info()["data"]["extended-l2"], true);
