@@ -7,14 +7,6 @@
 
 namespace kiln::emu {
 
-namespace {
-
-bool canonical(uint64_t address) {
-  return static_cast<uint64_t>(static_cast<int64_t>(address << 16) >> 16) == address;
-}
-
-}  // namespace
-
 bool Memory::translate(uint64_t linear, Access access, Privilege, const CpuState& cpu, Translation& out) {
   out = Translation{};
   if (access != Access::Execute && cpu.mode.code == CodeSize::Bits64 && !canonical(linear)) {

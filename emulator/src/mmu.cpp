@@ -10,15 +10,11 @@ constexpr uint64_t P = 1, RW = 2, US = 4, A = 0x20, D = 0x40, PS = 0x80, G = 0x1
 }
 
 // Frame address bits of an entry (bits MAXPHYADDR-1..12).
-constexpr uint64_t kFrameBits = ((uint64_t{1} << kPhysAddrBits) - 1) & ~uint64_t{0xfff};
+constexpr uint64_t kFrameBits = ((uint64_t{1} << kPhysicalAddressBits) - 1) & ~uint64_t{0xfff};
 // Reserved address bits of 64-bit entries (bits 51..MAXPHYADDR).
-constexpr uint64_t kHighReserved = ((uint64_t{1} << 52) - 1) & ~((uint64_t{1} << kPhysAddrBits) - 1);
+constexpr uint64_t kHighReserved = ((uint64_t{1} << 52) - 1) & ~((uint64_t{1} << kPhysicalAddressBits) - 1);
 // Bits 62:52: ignored (available to software) in 4-level entries, reserved in PAE entries.
 constexpr uint64_t kPaeHighReserved = 0x7ff0000000000000;
-
-bool canonical(uint64_t address) {
-  return static_cast<uint64_t>(static_cast<int64_t>(address << 16) >> 16) == address;
-}
 
 }  // namespace
 

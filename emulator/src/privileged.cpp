@@ -62,11 +62,6 @@ constexpr uint64_t kArchCapabilitiesValue = (1u << 0) | (1u << 3) | (1u << 4) | 
                                             (1u << 13) | (1u << 14) | (1u << 15) | (1u << 20) | (1u << 24) |
                                             (1u << 26) | (1u << 27);
 
-bool canonical(uint64_t address) {
-  constexpr unsigned shift = 64 - kLinearAddressBits;
-  return static_cast<uint64_t>(static_cast<int64_t>(address << shift) >> shift) == address;
-}
-
 bool fault(CpuState& s, Vector v, uint32_t error = 0) {
   s.exception = PendingException{.raised = true, .vector = v, .error_code = error};
   return false;

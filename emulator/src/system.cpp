@@ -24,10 +24,6 @@ bool fail(CpuState& s, Vector v, uint32_t error = 0) {
 uint32_t selector_error(uint16_t selector) { return selector & 0xfffcu; }
 bool null_selector(uint16_t selector) { return (selector & 0xfffcu) == 0; }
 
-bool canonical(uint64_t address) {
-  return static_cast<uint64_t>(static_cast<int64_t>(address << 16) >> 16) == address;
-}
-
 bool read_linear(Cpu& cpu, uint64_t address, unsigned bytes, uint64_t& out) {
   switch (bytes) {
     case 1: return cpu.read<1>(address, out);

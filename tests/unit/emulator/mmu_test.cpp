@@ -209,7 +209,7 @@ TEST(SoftMmu, FourLevelPagingAllPageSizes) {
   // Reserved bits: PS in a PML4E, an address bit at MAXPHYADDR, 1 GiB frame bits 29:13.
   s.w64(0x1000 + 1 * 8, 0x2000 | pte::P | pte::PS);
   EXPECT_EQ(s.error(0x8000000000, Access::Read), int(pf::P | pf::RSVD));
-  s.map16(0x11, (uint64_t{1} << kPhysAddrBits) | 0x1000 | pte::P | pte::RW | pte::US);
+  s.map16(0x11, (uint64_t{1} << kPhysicalAddressBits) | 0x1000 | pte::P | pte::RW | pte::US);
   EXPECT_EQ(s.error(0x1011000, Access::Write, Privilege::User), int(pf::P | pf::RSVD | pf::W | pf::U));
   s.w64(0x2000 + 2 * 8, 0x80000000 | (1u << 20) | pte::PS | pte::P);
   EXPECT_EQ(s.error(0x80000000, Access::Read), int(pf::P | pf::RSVD));

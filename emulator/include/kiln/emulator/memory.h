@@ -21,6 +21,16 @@ class PhysicalMemory;
 constexpr uint64_t kPageSize = 4096;
 constexpr uint64_t kPageMask = ~(kPageSize - 1);
 
+// The model's MAXPHYADDR (CPUID 0x80000008): physical address bits above it
+// are reserved in page tables, CR3, the APIC base, MTRRs. Linear addresses
+// have 48 bits (4-level paging); canonical ones have bits 63..47 all equal.
+constexpr unsigned kPhysicalAddressBits = 40;
+constexpr unsigned kLinearAddressBits = 48;
+constexpr bool canonical(uint64_t address) {
+  constexpr unsigned shift = 64 - kLinearAddressBits;
+  return static_cast<uint64_t>(static_cast<int64_t>(address << shift) >> shift) == address;
+}
+
 enum class Access : uint8_t { Read = 0, Write = 1, Execute = 2 };
 
 enum Perm : uint8_t { kPermRead = 1, kPermWrite = 2, kPermExec = 4 };

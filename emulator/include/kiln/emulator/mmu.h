@@ -15,9 +15,6 @@
 
 namespace kiln::emu {
 
-// MAXPHYADDR reported to the guest: bits at and above it in paging entries are reserved.
-constexpr unsigned kPhysAddrBits = 40;
-
 class SoftMmu final : public Memory {
  public:
   explicit SoftMmu(PhysicalMemory& physical) : physical_(physical) {}

@@ -8,15 +8,11 @@
 #include <cstdint>
 
 #include "kiln/emulator/cpu_state.h"
+#include "kiln/emulator/memory.h"
 
 namespace kiln::emu {
 
 class Cpu;
-
-// The model's MAXPHYADDR (CPUID 0x80000008) and linear address width. Physical
-// address fields (CR3, APIC base, MTRRs) above it are reserved.
-constexpr unsigned kPhysicalAddressBits = 40;
-constexpr unsigned kLinearAddressBits = 48;
 
 // Operations of HelperId::System: a = SystemOp, b/c/d as listed. Operations that
 // change how code translates or what memory maps are followed by the end of the TB.
