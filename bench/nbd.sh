@@ -4,7 +4,8 @@
 #    socket and TCP loopback, with 1 and 4 connections, on a raw and a qcow2
 #    image (nbdkit's file plugin serves raw only: "n/a" for qcow2), with each
 #    server's peak RSS and CPU time (user + system) for the copy; medians of
-#    REPS runs (default 3), the servers taking turns within each run;
+#    REPS runs (default 3), a different server going first in each run, the
+#    image read into the page cache before every copy;
 #  - memory: each server's peak RSS with 64 clients connected at once, every
 #    one of them having read 1 MiB.
 # Usage: [REPS=N] bench/nbd.sh [BUILD_BIN_DIR] [SIZE_MIB]
@@ -64,9 +65,14 @@ for format in raw qcow2; do
   for transport in unix tcp; do
     for target in null file; do
       for conns in 1 4; do
-        for name in kiln-nbd qemu-nbd nbdkit; do
+        # Each run starts with another server, and with the image in the page
+        # cache (the machine may have reclaimed it since the last run).
+        order=(kiln-nbd qemu-nbd nbdkit)
+        for _ in $(seq $(( (rep - 1) % 3 ))); do order=("${order[@]:1}" "${order[0]}"); done
+        for name in "${order[@]}"; do
           key="$format $transport $target $conns $name"
           if [ $name = nbdkit ] && [ $format != raw ]; then results[$key]=n/a; rss[$key]=n/a; cpu[$key]=n/a; continue; fi
+          cat "disk.$format" >/dev/null
           start $name $format $transport
           dest=null:
           if [ "$target" = file ]; then dest=$DIR/out.raw; rm -f out.raw; fi
