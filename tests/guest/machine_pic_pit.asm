@@ -7,7 +7,6 @@
 
 PIC1_CMD  equ 0x20
 PIC1_DATA equ 0x21
-PIC2_CMD  equ 0xa0
 PIC2_DATA equ 0xa1
 PIT_CH0   equ 0x40
 PIT_CH2   equ 0x42
@@ -31,29 +30,13 @@ test_main:
     mov ss, ax
     mov fs, ax
     mov gs, ax
-    mov edi, idt
-    mov ecx, 256
-.fill:
-    mov eax, unexpected_interrupt
-    call set_gate
-    add edi, 8
-    loop .fill
+    FILL_IDT unexpected_interrupt
     mov edi, idt + 0x20 * 8
     mov eax, timer_interrupt
     call set_gate
     lidt [idt_desc]
 
-    ; ICW1-4: edge triggered, cascade, vectors 0x20 and 0x28, 8086 mode.
-    OUTB PIC1_CMD, 0x11
-    OUTB PIC2_CMD, 0x11
-    OUTB PIC1_DATA, 0x20
-    OUTB PIC2_DATA, 0x28
-    OUTB PIC1_DATA, 0x04
-    OUTB PIC2_DATA, 0x02
-    OUTB PIC1_DATA, 0x01
-    OUTB PIC2_DATA, 0x01
-    OUTB PIC1_DATA, 0xfe              ; only IRQ0
-    OUTB PIC2_DATA, 0xff
+    INIT_PICS 0xfe, 0xff                ; only IRQ0
     in al, PIC1_DATA
     movzx eax, al
     CHECK_EQ eax, 0xfe, "master imr"

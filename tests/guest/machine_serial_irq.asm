@@ -4,9 +4,6 @@
 %include "guest.inc"
 
 PIC1_CMD  equ 0x20
-PIC1_DATA equ 0x21
-PIC2_CMD  equ 0xa0
-PIC2_DATA equ 0xa1
 
 %macro OUTB 2
     mov dx, %1
@@ -22,28 +19,13 @@ test_main:
     mov ds, ax
     mov es, ax
     mov ss, ax
-    mov edi, idt
-    mov ecx, 256
-.fill:
-    mov eax, unexpected_interrupt
-    call set_gate
-    add edi, 8
-    loop .fill
+    FILL_IDT unexpected_interrupt
     mov edi, idt + 0x24 * 8
     mov eax, com1_interrupt
     call set_gate
     lidt [idt_desc]
 
-    OUTB PIC1_CMD, 0x11
-    OUTB PIC2_CMD, 0x11
-    OUTB PIC1_DATA, 0x20
-    OUTB PIC2_DATA, 0x28
-    OUTB PIC1_DATA, 0x04
-    OUTB PIC2_DATA, 0x02
-    OUTB PIC1_DATA, 0x01
-    OUTB PIC2_DATA, 0x01
-    OUTB PIC1_DATA, 0xef               ; only IRQ4
-    OUTB PIC2_DATA, 0xff
+    INIT_PICS 0xef, 0xff                ; only IRQ4
 
     ; THR empty: enabling the interrupt with THR empty raises it once.
     mov dword [thr_count], 0
