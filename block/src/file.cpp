@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "kiln/block/protocol.h"
@@ -212,12 +213,12 @@ class FileNode final : public Node {
       status.length = length;
       return status;
     }
-    if (const uint64_t run_end = known_data_end(offset); run_end > offset) {
+    const auto [run_end, generation] = known_data_end(offset);
+    if (run_end > offset) {
       status.flags |= kStatusData;
       status.length = std::min(run_end, end) - offset;
       return status;
     }
-    const uint64_t generation = data_run_generation();
     off_t data = lseek(fd_.get(), static_cast<off_t>(offset), SEEK_DATA);
     if (data == -1) {
       if (errno == ENXIO) {  // no data after offset: a hole to the end
@@ -274,13 +275,11 @@ class FileNode final : public Node {
       node.data_run_begin_ = node.data_run_end_ = 0;
     }
   };
-  uint64_t known_data_end(uint64_t offset) {
+  // The end of the remembered run holding `offset` (0: none), and the
+  // generation to hand remember_data_run() after asking the file instead.
+  std::pair<uint64_t, uint64_t> known_data_end(uint64_t offset) {
     std::lock_guard lock(data_run_mutex_);
-    return offset >= data_run_begin_ && offset < data_run_end_ ? data_run_end_ : 0;
-  }
-  uint64_t data_run_generation() {
-    std::lock_guard lock(data_run_mutex_);
-    return data_run_generation_;
+    return {offset >= data_run_begin_ && offset < data_run_end_ ? data_run_end_ : 0, data_run_generation_};
   }
   // Only if nothing was forgotten since `generation`, read before the lseek calls.
   void remember_data_run(uint64_t generation, uint64_t begin, uint64_t end) {

@@ -141,10 +141,9 @@ class SplicePipe {
 
   // Splices `files` into the pipe in full; false (and an empty pipe) if not.
   bool fill(std::span<const block::HostExtent> files) {
-    if (!valid()) return false;
     uint64_t pages = 0;
     for (const block::HostExtent& file : files) pages += (file.offset % kPage + file.length + kPage - 1) / kPage;
-    if (pages > slots_) return false;
+    if (pages > slots_) return false;  // also when the pipe could not be made (no slots)
     for (const block::HostExtent& file : files) {
       loff_t offset = static_cast<loff_t>(file.offset);
       for (uint64_t left = file.length; left > 0;) {
@@ -188,7 +187,6 @@ class SplicePipe {
   static constexpr int kWantedBytes = 1 << 20;  // the default /proc/sys/fs/pipe-max-size
 
   SplicePipe() { open(); }
-  bool valid() const { return read_end_.valid(); }
   void open() {
     int ends[2];
     slots_ = 0;

@@ -131,6 +131,9 @@ struct Session::Request final : Task {
   std::vector<std::byte> headers;
   std::vector<ReplyPart> parts;
   std::vector<std::span<const std::byte>> spans;
+  // How far the READ is planned: a worker taking over from read_now() goes on
+  // from there instead of asking the block layer again.
+  enum class ReadPlan : uint8_t { None, Extents, InFiles, NotInFiles } read_plan = ReadPlan::None;
 };
 
 std::vector<std::byte> BufferPool::take(size_t size) {
@@ -595,6 +598,7 @@ Session::Request& Session::acquire(uint64_t payload_bytes) {
   in_flight_bytes_ += payload_bytes;
   request->reserved_bytes = payload_bytes;
   request->error = 0;
+  request->read_plan = Request::ReadPlan::None;
   return *request;
 }
 
@@ -743,7 +747,7 @@ bool Session::read_now(Request& request) {
   if (request.length == 0 || request.length > kMaxReadNow) return false;
   try {
     plan_read(request);
-    if (!map_read_to_files(request)) return false;
+    if (!in_files(request)) return false;
     for (const block::HostExtent& file : request.files) {
       if (!in_page_cache(file)) return false;
     }
@@ -864,6 +868,7 @@ void Session::plan_read(Request& request) {
   // The reply's extents: holes become hole chunks in structured replies
   // without DF; otherwise the whole range is one piece of data.
   request.extents.clear();
+  request.read_plan = Request::ReadPlan::Extents;
   if (!chunked() || (request.flags & kCmdFlagDf)) {
     request.extents.push_back({request.length, true, false, 1});
     return;
@@ -895,8 +900,8 @@ void Session::do_read(Request& request) {
     }
     return;
   }
-  plan_read(request);
-  if (request.length <= output_.file_capacity() && map_read_to_files(request) && send_read_from_files(request)) return;
+  if (request.read_plan == Request::ReadPlan::None) plan_read(request);
+  if (request.length <= output_.file_capacity() && in_files(request) && send_read_from_files(request)) return;
   send_read_from_memory(request);
 }
 
@@ -918,8 +923,14 @@ void Session::send_read_from_memory(Request& request) {
   output_.send(request.spans);
 }
 
-// Where the planned READ's data bytes lie in host files; false when some do
-// not lie verbatim in one (compressed, encrypted, remote...).
+// Whether the planned READ's data bytes all lie verbatim in host files (not
+// compressed, encrypted, remote...); maps them into request.files once.
+bool Session::in_files(Request& request) {
+  using enum Request::ReadPlan;
+  if (request.read_plan == Extents) request.read_plan = map_read_to_files(request) ? InFiles : NotInFiles;
+  return request.read_plan == InFiles;
+}
+
 bool Session::map_read_to_files(Request& request) {
   block::Node& node = *config_.node;
   request.files.clear();

@@ -179,6 +179,7 @@ class Session {
   size_t request_header_size() const { return extended_ ? kExtendedRequestHeaderSize : kRequestHeaderSize; }
   void do_read(Request& request);
   void plan_read(Request& request);
+  bool in_files(Request& request);
   bool map_read_to_files(Request& request);
   bool send_read_from_files(Request& request);
   void send_read_from_memory(Request& request);
